@@ -1,0 +1,1 @@
+"""Dash app of the workbench (uses only ``workbench``'s public API)."""

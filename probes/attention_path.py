@@ -1,0 +1,137 @@
+"""The one attention function every workbench-driven layer calls.
+
+It is registered with transformers' ``AttentionInterface`` (and the SDPA mask builder with
+``AttentionMaskInterface``) under the name :data:`ATTENTION_IMPLEMENTATION`. With no hook
+attached to the calling module it *is* transformers' SDPA forward, so logits and speed are those
+of plain SDPA. With hooks attached it builds an :class:`~probes.hooks.AttentionCall`, lets the
+hooks prepare it, runs attention through :mod:`kernels` when maps, statistics or steering are
+asked for (SDPA otherwise), and hands the per-head output to the hooks.
+
+GQA is handled here and only here: ``key``/``value`` stay at ``Hkv`` heads and query head ``h``
+reads KV head ``h // (H / Hkv)``, both in SDPA (``enable_gqa``/repeat) and in the kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from probes.hooks import AttentionCall, hooks_of
+
+ATTENTION_IMPLEMENTATION = "workbench"
+
+# Keyword arguments that change attention semantics in ways the kernel path does not model.
+_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
+
+
+def _bool_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """Turn transformers' 4D mask into a bool mask (True = may attend), or keep None."""
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+def workbench_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """Attention for one layer: ``query`` (B, H, Lq, D), ``key``/``value`` (B, Hkv, Lk, D).
+
+    Returns ``(output, None)`` with ``output`` (B, Lq, H, D), the layout transformers expects.
+    """
+    hooks = hooks_of(module)
+    if not hooks:
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+
+    for name in _UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(
+                f"workbench hooks do not support attention with `{name}` yet "
+                f"(layer {module.layer_idx}); run without probes/interventions"
+            )
+    mask = _bool_mask(attention_mask)
+    causal_flag = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    call = AttentionCall(
+        layer=int(module.layer_idx),
+        module=module,
+        query=query,
+        key=key,
+        value=value,
+        mask=mask,
+        causal=bool(causal_flag) and mask is None,
+        scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
+    )
+    for hook in hooks:
+        hook.prepare(call)
+
+    if call.needs_kernel:
+        import kernels
+
+        call.result = kernels.attention(
+            call.query,
+            call.key,
+            call.value,
+            scale=call.scaling,
+            causal=call.causal,
+            mask=call.mask,
+            score_bias=call.score_bias,
+            head_scale=call.head_scale,
+            stats=call.stats_request(),
+        )
+        output = call.result.output
+    else:
+        output, _ = sdpa_attention_forward(
+            module,
+            call.query,
+            call.key,
+            call.value,
+            attention_mask,
+            dropout=dropout,
+            scaling=call.scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+
+    for hook in hooks:
+        replaced = hook.finish(call, output)
+        if replaced is not None:
+            output = replaced
+    return output, None
+
+
+def register() -> str:
+    """Register the workbench attention function and its mask builder; idempotent.
+
+    Returns the implementation name to pass as ``attn_implementation``.
+    """
+    AttentionInterface.register(ATTENTION_IMPLEMENTATION, workbench_attention)
+    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+    return ATTENTION_IMPLEMENTATION
+
+
+def uses_workbench_attention(model: nn.Module) -> bool:
+    """True when ``model`` dispatches its attention to :func:`workbench_attention`."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == ATTENTION_IMPLEMENTATION

@@ -1,0 +1,140 @@
+"""Statistics probe: head statistics for every layer and head from the kernels, no L x L maps.
+
+Where :class:`~probes.capture.Capture` keeps full maps (quadratic memory), this probe asks the
+kernels for per-head statistics computed blockwise during the forward (received attention and
+sink score per key, per-query entropy / argmax / span mass / mean distance, a block-pooled map),
+so it runs at the model's full context. During generation each decode step is one record.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from probes.errors import LayerDidNotFireError, ProbeError
+from probes.hooks import AttentionCall, AttentionHook, attached
+from probes.layout import ModelLayout
+from probes.records import LayerRecord, ProbeRecords
+
+#: AttentionResult fields a statistics probe can keep, by the StatsRequest flag producing them.
+_RESULT_FIELDS: dict[str, tuple[str, ...]] = {
+    "received": ("received", "sink"),
+    "entropy": ("entropy",),
+    "argmax": ("argmax", "argmax_prob"),
+    "spans": ("span_mass",),
+    "distance": ("distance",),
+    "pooled_block": ("pooled",),
+}
+
+
+@dataclass(frozen=True)
+class StatisticsSpec:
+    """Which statistics to compute (the fields of ``kernels.StatsRequest`` minus maps).
+
+    Args:
+        layers: layer indices (None = all). Statistics always cover every head of a layer.
+        received: attention received per key (column sums) and sink score per key.
+        entropy: per-query entropy (nats).
+        argmax: per-query most-attended key and its probability.
+        spans: key spans ``(start, end)``; per-query attention mass on each.
+        distance: per-query mean attention distance ``sum_j p_ij (i - j)``.
+        pooled_block: block size of the block-pooled map (None = no pooled map).
+        lse: also keep the per-row log-sum-exp (B, H, Lq).
+        device: where kept tensors go (``"cpu"``; None keeps them on the model's device).
+    """
+
+    layers: tuple[int, ...] | None = None
+    received: bool = True
+    entropy: bool = True
+    argmax: bool = True
+    spans: tuple[tuple[int, int], ...] = ()
+    distance: bool = True
+    pooled_block: int | None = None
+    lse: bool = False
+    device: str | torch.device | None = "cpu"
+
+    def request_fields(self) -> dict[str, object]:
+        fields = asdict(self)
+        for name in ("layers", "lse", "device"):
+            fields.pop(name)
+        fields["spans"] = tuple(tuple(s) for s in self.spans)
+        return {k: v for k, v in fields.items() if v not in (False, None, ())}
+
+
+class Statistics(AttentionHook):
+    """Context manager keeping kernel statistics of every head of the chosen layers.
+
+    ``records[layer].stats`` maps names (``received``, ``sink``, ``entropy``, ``argmax``,
+    ``argmax_prob``, ``span_mass``, ``distance``, ``pooled``, ``lse``) to tensors with the
+    kernels' shapes, e.g. ``received`` (B, H, Lk), ``entropy`` (B, H, Lq).
+    """
+
+    role = "probe"
+
+    def __init__(self, layout: ModelLayout, spec: StatisticsSpec) -> None:
+        self.layout = layout
+        self.layers = layout.check_layers(spec.layers)
+        self.spec = spec
+        self.fields = spec.request_fields()
+        if not self.fields:
+            raise ProbeError(
+                "no statistics requested: enable at least one of received, entropy, argmax, "
+                "spans, distance, pooled_block"
+            )
+        self.records = ProbeRecords()
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> Statistics:
+        self.records = ProbeRecords()
+        self._stack = ExitStack()
+        modules = [self.layout.attention_modules[i] for i in self.layers]
+        self._stack.enter_context(attached(self, modules))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._stack is not None
+        self._stack.close()
+        self._stack = None
+        if exc_type is None:
+            missing = sorted(set(self.layers) - set(self.records.layers_fired))
+            if missing:
+                raise LayerDidNotFireError(
+                    f"layer(s) {missing} never called the workbench attention function during "
+                    "the statistics probe; run a forward inside the `with` block"
+                )
+
+    def prepare(self, call: AttentionCall) -> None:
+        call.request_stats(**self.fields)
+
+    def finish(self, call: AttentionCall, output: Tensor) -> None:
+        result = call.result
+        assert result is not None
+        dev = self.spec.device
+        stats: dict[str, Tensor] = {}
+        for flag, names in _RESULT_FIELDS.items():
+            if flag not in self.fields:
+                continue
+            for name in names:
+                value = getattr(result, name)
+                if name == "span_mass":  # keep only this probe's spans, in its order
+                    merged = list(call.stats_fields["spans"])
+                    value = value[..., [merged.index(tuple(s)) for s in self.fields["spans"]]]
+                stats[name] = value.detach().to(dev) if dev is not None else value.detach()
+        if self.spec.lse:
+            stats["lse"] = result.lse.detach().to(dev) if dev is not None else result.lse.detach()
+        self.records.add(
+            LayerRecord(
+                layer=call.layer,
+                step=self.records.steps(call.layer),
+                heads=tuple(range(call.n_heads)),
+                query_offset=call.query_offset,
+                n_queries=call.n_queries,
+                n_keys=call.n_keys,
+                window=(0, call.n_queries),
+                stats=stats,
+            )
+        )
+        return None

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real embedded model, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.manual_seed(0)
+
+SHORT_PROMPT = "The quick brown fox jumps over the lazy dog. The quick brown fox"
+
+
+@pytest.fixture(scope="session")
+def lm():
+    """SmolLM2-135M-Instruct through the workbench attention path (cached copy)."""
+    import workbench
+
+    return workbench.load_model()
+
+
+@contextmanager
+def attn_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Temporarily run ``model`` with another attention implementation."""
+    old = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(old)
+
+
+@pytest.fixture(scope="session")
+def eager_maps(lm):
+    """transformers' own eager ``output_attentions`` maps for SHORT_PROMPT: tuple of (1,H,L,L)."""
+    enc = lm.encode(SHORT_PROMPT)
+    with attn_implementation(lm.model, "eager"), torch.no_grad():
+        out = lm.model(input_ids=enc.input_ids, output_attentions=True, use_cache=False)
+    return enc, out.attentions, out.logits

@@ -1,0 +1,91 @@
+"""The ``workbench`` command line: info, capture, and one-line errors with non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import attn_implementation
+from workbench.cli import EXIT_USER_ERROR, main
+
+pytestmark = pytest.mark.model
+
+
+def test_info_json(capsys, lm):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {k: info[k] for k in ("n_layers", "n_heads", "n_kv_heads", "head_dim")} == {
+        "n_layers": 30,
+        "n_heads": 9,
+        "n_kv_heads": 3,
+        "head_dim": 64,
+    }
+
+
+def test_capture_writes_the_eager_map(tmp_path, capsys, lm):
+    out = tmp_path / "map.npz"
+    prompt = "Alice gave Bob a book because"
+    assert (
+        main(["capture", "--prompt", prompt, "--layer", "3", "--head", "4", "--out", str(out)]) == 0
+    )
+    data = np.load(out)
+    enc = lm.encode(prompt)
+    assert list(data["tokens"]) == enc.tokens
+    assert data["attention"].dtype == np.float32
+    with attn_implementation(lm.model, "eager"), torch.no_grad():
+        ref = lm.model(input_ids=enc.input_ids, output_attentions=True).attentions[3][0, 4]
+    assert np.abs(data["attention"] - ref.numpy()).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["capture", "--prompt", "", "--layer", "0", "--head", "0"], "prompt is empty"),
+        (["capture", "--prompt", "hi", "--layer", "30", "--head", "0"], "layer 30"),
+        (["capture", "--prompt", "hi", "--layer", "0", "--head", "12"], "head 12"),
+        (["info", "--model", "nobody/nothing"], "unknown model 'nobody/nothing'"),
+        (["capture", "--prompt", "word " * 9000, "--layer", "0", "--head", "0"], "8192"),
+    ],
+)
+def test_user_errors_are_one_line(args, match, tmp_path, capsys, lm):
+    if args[0] == "capture":
+        args = [*args, "--out", str(tmp_path / "x.npz")]
+    assert main(args) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and match in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_out_path_that_is_a_directory(tmp_path, capsys):
+    rc = main(["capture", "--prompt", "hi", "--layer", "0", "--head", "0", "--out", str(tmp_path)])
+    assert rc == EXIT_USER_ERROR
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_console_script_runs(lm):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "capture",
+            "--prompt",
+            "hi",
+            "--layer",
+            "99",
+            "--head",
+            "0",
+            "--out",
+            "x.npz",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_USER_ERROR
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: layer 99")

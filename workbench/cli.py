@@ -1,0 +1,170 @@
+"""The ``workbench`` command line: ``info``, ``capture``, ``bench``, ``app``.
+
+Every user error is a :class:`~workbench.errors.WorkbenchError` printed as one line
+(``error: ...``) with exit status 2; nothing prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help="local folder or cached Hugging Face id (default: embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+
+
+def _load(args: argparse.Namespace):
+    from workbench.lm import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    lm = _load(args)
+    info = {**lm.info.as_dict(), "load_seconds": round(lm.load_seconds, 3)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _check_out_file(path: Path, suffix: str) -> Path:
+    from workbench.errors import WorkbenchError
+
+    if path.is_dir():
+        raise WorkbenchError(f"--out {path} is a directory; give a file name ending in {suffix}")
+    if not path.parent.exists():
+        raise WorkbenchError(f"--out {path}: folder {path.parent} does not exist")
+    if path.suffix != suffix:
+        raise WorkbenchError(f"--out {path} must end in {suffix}")
+    return path
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    out = _check_out_file(Path(args.out), ".npz")
+    lm = _load(args)
+    lm.head_id(args.layer, args.head)  # range checks with clear messages
+    enc, records = lm.run_capture(
+        args.prompt, chat=args.chat, layers=[args.layer], heads=[args.head]
+    )
+    attention = records.map(args.layer, args.head).numpy().astype(np.float32)
+    tmp = out.with_name(out.name + ".partial.npz")
+    np.savez(tmp, attention=attention, tokens=np.array(enc.tokens, dtype=np.str_))
+    os.replace(tmp, out)
+    print(
+        f"wrote {out}: attention {attention.shape[0]}x{attention.shape[1]} of "
+        f"{lm.head_id(args.layer, args.head)} over {enc.n_tokens} tokens"
+    )
+    return 0
+
+
+def _parse_seqs(text: str, max_context: int) -> list[int]:
+    from workbench.errors import WorkbenchError
+
+    try:
+        seqs = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise WorkbenchError(f"--seq {text!r}: give comma-separated token counts") from None
+    for n in seqs:
+        if not 1 <= n <= max_context:
+            raise WorkbenchError(f"--seq {n}: must be between 1 and the context {max_context}")
+    if not seqs:
+        raise WorkbenchError("--seq is empty")
+    return seqs
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from workbench.bench import rows_as_json, run_bench
+
+    lm = _load(args)
+    seqs = _parse_seqs(args.seq, lm.info.max_context)
+    log = None if args.json else print
+    if log:
+        print(f"{lm.info.name} on {lm.device}, {lm.info.dtype}, batch 1, repeat {args.repeat}")
+    rows = run_bench(lm, seqs, repeat=args.repeat, eager=not args.no_eager, log=log)
+    if args.json:
+        print(json.dumps(rows_as_json(lm, rows)))
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from app.server import serve
+
+    serve(model=args.model, host=args.host, port=args.port, debug=args.debug)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workbench", description="Attention-head workbench for mechanistic interpretability."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="describe a model (layers, heads, KV heads, head dim)")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("capture", help="write one head's attention map to an .npz file")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="prompt text, tokenized exactly as given")
+    p.add_argument("--layer", type=int, required=True, help="0-based layer")
+    p.add_argument("--head", type=int, required=True, help="0-based query head")
+    p.add_argument("--chat", action="store_true", help="apply the chat template first")
+    p.add_argument("--out", required=True, help="output file (.npz: attention, tokens)")
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("bench", help="time head statistics against a plain SDPA forward")
+    _add_model_args(p)
+    p.add_argument("--seq", default="512,1024,2048,4096", help="comma-separated lengths")
+    p.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager-with-maps column")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("app", help="serve the Dash app")
+    p.add_argument("--model", default=None, help="model (default: embedded SmolLM2)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``workbench`` console script."""
+    from workbench.errors import WorkbenchError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Head ids: ``L{layer}H{head}``, 0-based query heads, everywhere (tables, app, reports, CLI)."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from workbench.errors import WorkbenchError
+
+_HEAD_RE = re.compile(r"^\s*L(\d+)H(\d+)\s*$", re.IGNORECASE)
+
+
+class Head(NamedTuple):
+    """One query head of one layer."""
+
+    layer: int
+    head: int
+
+    @property
+    def id(self) -> str:
+        return head_id(self.layer, self.head)
+
+
+def head_id(layer: int, head: int) -> str:
+    """``head_id(5, 3) == "L5H3"``."""
+    return f"L{layer}H{head}"
+
+
+def parse_head(text: str) -> Head:
+    """``"L5H3"`` -> ``Head(5, 3)``; a clear error for anything else."""
+    m = _HEAD_RE.match(text)
+    if not m:
+        raise WorkbenchError(f"bad head id {text!r}: write heads as L<layer>H<head>, e.g. L5H3")
+    return Head(int(m.group(1)), int(m.group(2)))
+
+
+def parse_heads(text: str) -> list[Head]:
+    """``"L5H3,L7H1"`` -> ``[Head(5, 3), Head(7, 1)]``."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise WorkbenchError("no heads given: write e.g. L5H3,L7H1")
+    return [parse_head(p) for p in parts]
