@@ -105,6 +105,99 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_prompt_lines(path: str) -> list[str]:
+    from workbench.errors import WorkbenchError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkbenchError(f"cannot read prompt file {path}: {exc}") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise WorkbenchError(f"prompt file {path} has no prompts (one prompt per line)")
+    return prompts
+
+
+def build_interventions(lm, args: argparse.Namespace) -> list:
+    """The interventions a ``generate`` command line asks for (composed in this order)."""
+    from workbench import interventions as iv
+    from workbench.errors import WorkbenchError
+    from workbench.heads import parse_heads
+
+    out = []
+    if args.ablate:
+        heads = parse_heads(args.ablate)
+        params: dict = {}
+        if args.mode == "mean":
+            if not args.reference:
+                raise WorkbenchError("--mode mean needs --reference FILE (one prompt per line)")
+            params["means"] = iv.head_means(lm, _read_prompt_lines(args.reference))
+        elif args.mode == "scale":
+            params["factor"] = args.factor
+        out.append(iv.make(args.mode, lm, heads=heads, **params))
+    elif args.mode != "zero" or args.reference:
+        raise WorkbenchError("--mode/--reference need --ablate HEADS")
+    if args.pasta:
+        if not args.emphasize:
+            raise WorkbenchError("--pasta needs --emphasize SUBSTRING (the text to attend to)")
+        out.append(
+            iv.pasta_on_text(
+                lm,
+                parse_heads(args.pasta),
+                args.prompt,
+                args.emphasize,
+                args.alpha,
+                chat=args.chat,
+            )
+        )
+    elif args.emphasize:
+        raise WorkbenchError("--emphasize needs --pasta HEADS")
+    if not out:
+        raise WorkbenchError("nothing to do: give --ablate HEADS and/or --pasta HEADS")
+    return out
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from workbench.errors import WorkbenchError
+    from workbench.interventions import kl_per_position
+
+    if args.max_new_tokens < 1:
+        raise WorkbenchError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    lm = _load(args)
+    enc = lm.encode(args.prompt, chat=args.chat)
+    interventions = build_interventions(lm, args)
+    base_logits = lm.forward(enc)[0]
+    base_text = lm.generate(enc, max_new_tokens=args.max_new_tokens)
+    with ExitStack() as stack:
+        for intervention in interventions:
+            stack.enter_context(intervention)
+        new_logits = lm.forward(enc)[0]
+        new_text = lm.generate(enc, max_new_tokens=args.max_new_tokens)
+    kl = [float(x) for x in kl_per_position(base_logits, new_logits)]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "base_text": base_text,
+                    "intervened_text": new_text,
+                    "tokens": enc.tokens,
+                    "kl": kl,
+                    "interventions": [repr(i) for i in interventions],
+                }
+            )
+        )
+        return 0
+    print(f"interventions: {', '.join(repr(i) for i in interventions)}")
+    print(f"base:       {base_text!r}")
+    print(f"intervened: {new_text!r}")
+    print("KL(base || intervened) of the next-token distribution at each prompt position:")
+    for pos, (tok, value) in enumerate(zip(enc.tokens, kl, strict=True)):
+        print(f"  {pos:4d} {tok!r:>16} {value:10.5f}")
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     from app.server import serve
 
@@ -139,6 +232,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eager", action="store_true", help="skip the eager-with-maps column")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("generate", help="greedy generation, base vs ablated/steered heads")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="prompt text, tokenized exactly as given")
+    p.add_argument("--chat", action="store_true", help="apply the chat template first")
+    p.add_argument("--ablate", default=None, help="heads to ablate, e.g. L5H3,L7H1")
+    p.add_argument(
+        "--mode",
+        default="zero",
+        choices=["zero", "mean", "uniform", "scale"],
+        help="ablation mode (default zero)",
+    )
+    p.add_argument("--factor", type=float, default=0.0, help="output factor for --mode scale")
+    p.add_argument("--reference", default=None, help="reference prompts for --mode mean")
+    p.add_argument("--pasta", default=None, help="heads to steer with PASTA, e.g. L12H4")
+    p.add_argument("--emphasize", default=None, help="substring of the prompt to emphasize")
+    p.add_argument("--alpha", type=float, default=0.01, help="PASTA alpha (default 0.01)")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("app", help="serve the Dash app")
     p.add_argument("--model", default=None, help="model (default: embedded SmolLM2)")

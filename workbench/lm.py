@@ -17,7 +17,7 @@ from torch import Tensor, nn
 import probes
 from probes import Capture, CaptureSpec, ModelLayout, Statistics, StatisticsSpec
 from workbench.architectures import layout_of
-from workbench.errors import EmptyPromptError, PromptTooLongError
+from workbench.errors import EmptyPromptError, PromptTooLongError, WorkbenchError
 from workbench.heads import head_id
 from workbench.models import ModelInfo, describe, load_hf, parse_dtype, resolve_source
 
@@ -126,6 +126,26 @@ class LoadedModel:
             use_cache=False,
         )
         return out.logits
+
+    @torch.no_grad()
+    def generate(
+        self, prompt: str | Encoded, *, max_new_tokens: int = 20, chat: bool = False
+    ) -> str:
+        """Greedy continuation of ``prompt`` (KV cache on), decoded without special tokens.
+
+        Probes and interventions active around the call act on every decode step.
+        """
+        enc = self.encode(prompt, chat=chat)
+        if max_new_tokens < 1:
+            raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        out = self.model.generate(
+            input_ids=enc.input_ids.to(self.device),
+            attention_mask=enc.attention_mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
+        return self.tokenizer.decode(out[0, enc.n_tokens :], skip_special_tokens=True)
 
     # -- probes ----------------------------------------------------------------------------
     def capture(

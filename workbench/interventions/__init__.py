@@ -1,0 +1,101 @@
+"""Interventions on attention heads: ablations and steering, as composable context managers.
+
+All run through the registered attention path (``probes.attention_path``), during a plain
+forward and during ``generate`` with a KV cache. Build one by class or by registered name::
+
+    from workbench import interventions as iv
+    with iv.ZeroAblation(lm, ["L5H3", "L7H1"]):
+        lm.forward("...")
+    with iv.make("pasta", lm, heads=["L12H4"], spans=[(3, 9)], n_prompt_tokens=20):
+        ...
+"""
+
+from __future__ import annotations
+
+from workbench.interventions.ablation import (
+    HeadMeans,
+    MeanAblation,
+    ScaleAblation,
+    UniformAblation,
+    ZeroAblation,
+    head_means,
+)
+from workbench.interventions.base import Intervention, InterventionError, normalize_heads
+from workbench.interventions.effects import Effects, kl_per_position, measure_effects
+from workbench.interventions.spans import char_spans_to_tokens, find_substring_spans
+from workbench.interventions.steering import (
+    AttentionCalibration,
+    FocusDirections,
+    FocusDirectionSet,
+    Pasta,
+    Temperature,
+)
+
+#: Registered interventions by name.
+INTERVENTIONS: dict[str, type[Intervention]] = {
+    cls.name: cls
+    for cls in (
+        ZeroAblation,
+        MeanAblation,
+        UniformAblation,
+        ScaleAblation,
+        Pasta,
+        AttentionCalibration,
+        FocusDirections,
+        Temperature,
+    )
+}
+
+#: The ablation modes of ``workbench generate --mode``.
+ABLATION_MODES = ("zero", "mean", "uniform", "scale")
+
+
+def make(name: str, lm, **params) -> Intervention:
+    """Build the intervention registered as ``name`` with its parameters."""
+    try:
+        cls = INTERVENTIONS[name]
+    except KeyError:
+        raise InterventionError(
+            f"unknown intervention {name!r}; known: {', '.join(sorted(INTERVENTIONS))}"
+        ) from None
+    return cls(lm, **params)
+
+
+def pasta_on_text(
+    lm, heads, prompt: str, emphasize: str, alpha: float = 0.01, *, chat: bool = False
+) -> Pasta:
+    """PASTA emphasizing every occurrence of ``emphasize`` in the prompt as it is tokenized
+    (``lm.encode(prompt, chat=chat)``: the chat template's text when ``chat``)."""
+    enc = lm.encode(prompt, chat=chat)
+    char_spans = find_substring_spans(enc.text, emphasize)
+    spans = char_spans_to_tokens(
+        lm.tokenizer, enc.text, char_spans, add_special_tokens=not enc.chat
+    )
+    return Pasta(lm, heads, spans=spans, n_prompt_tokens=enc.n_tokens, alpha=alpha)
+
+
+__all__ = [
+    "ABLATION_MODES",
+    "INTERVENTIONS",
+    "AttentionCalibration",
+    "Effects",
+    "FocusDirectionSet",
+    "FocusDirections",
+    "HeadMeans",
+    "Intervention",
+    "InterventionError",
+    "MeanAblation",
+    "Pasta",
+    "ScaleAblation",
+    "Temperature",
+    "UniformAblation",
+    "ZeroAblation",
+    "char_spans_to_tokens",
+    "find_substring_spans",
+    "head_means",
+    "kl_per_position",
+    "make",
+    "measure_effects",
+    "normalize_heads",
+    "pasta_on_text",
+]

@@ -1,0 +1,251 @@
+"""Steering: PASTA, ACT attention calibration, focus directions, per-head temperature."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from workbench.heads import Head, parse_head
+from workbench.interventions.base import HeadLike, Intervention, InterventionError, scale_queries
+from workbench.interventions.spans import Span, check_spans
+
+PASTA_ALPHA = 0.01
+ACT_BETA = 0.4
+ACT_THRESHOLD = 0.1
+
+
+class Pasta(Intervention):
+    """PASTA (Zhang et al. 2024, "Tell Your Model Where to Attend: Post-hoc Attention Steering").
+
+    On the chosen heads, attention to prompt tokens *outside* the emphasized token spans is
+    multiplied by ``alpha`` and rows renormalised; equivalently ``log(alpha)`` is added to
+    their scores. Applied by the kernels as a per-head key bias. Tokens after the prompt
+    (generated ones) are never down-weighted.
+
+    Args:
+        spans: emphasized token ranges ``[start, end)`` of the prompt.
+        n_prompt_tokens: length of the prompt the spans refer to.
+        alpha: multiplier of attention outside the spans, ``0 < alpha``; default 0.01.
+    """
+
+    name = "pasta"
+
+    def __init__(
+        self,
+        lm,
+        heads: Iterable[HeadLike],
+        spans: Sequence[Span],
+        n_prompt_tokens: int,
+        alpha: float = PASTA_ALPHA,
+    ) -> None:
+        super().__init__(lm, heads)
+        if not alpha > 0 or not math.isfinite(alpha):
+            raise InterventionError(f"PASTA alpha must be > 0 (default 0.01), got {alpha}")
+        self.spans = check_spans(spans, n_prompt_tokens)
+        self.n_prompt = int(n_prompt_tokens)
+        self.alpha = float(alpha)
+
+    def edit(self, call, heads):
+        n_keys = call.n_keys
+        keep = torch.zeros(n_keys, dtype=torch.bool, device=call.query.device)
+        keep[min(self.n_prompt, n_keys) :] = True  # generated tokens: never down-weighted
+        for a, b in self.spans:
+            keep[a:b] = True
+        bias = torch.zeros(1, call.n_heads, n_keys, device=call.query.device)
+        row = torch.where(keep, 0.0, math.log(self.alpha)).to(bias)
+        bias[0, list(heads)] = row
+        call.add_score_bias(bias)
+
+
+class AttentionCalibration(Intervention):
+    """ACT attention calibration (Yu et al. 2024, "Unveiling and Harnessing Hidden Attention
+    Sinks").
+
+    On each chosen head, the non-initial sink tokens are the keys after position 0 whose sink
+    score (mean attention received from the queries that see them) exceeds ``threshold``
+    (0.1). Attention to them is scaled by ``beta`` (0.4) and the freed mass goes to the other
+    visible tokens in proportion to their attention:
+
+        p'_ij = beta * p_ij                                    for j in S
+        p'_ij = p_ij * (1 - beta * P_iS) / (1 - P_iS)          otherwise, P_iS = sum_S p_ij
+
+    Computed exactly without any L x L map: the kernels give the output and each row's
+    log-sum-exp; the probabilities of the few sink keys are recomputed from q, k and the LSE,
+    and the output is corrected as ``a_i (o_i - V_iS) + beta V_iS`` with ``V_iS = sum_S p_ij
+    v_j``. Sinks are detected on the first call of each layer (the prompt) and kept for the
+    decode steps of a generation.
+    """
+
+    name = "act"
+
+    def __init__(
+        self,
+        lm,
+        heads: Iterable[HeadLike],
+        beta: float = ACT_BETA,
+        threshold: float = ACT_THRESHOLD,
+    ) -> None:
+        super().__init__(lm, heads)
+        if not 0 <= beta <= 1:
+            raise InterventionError(f"ACT beta must be in [0, 1] (default 0.4), got {beta}")
+        if not 0 < threshold < 1:
+            raise InterventionError(f"ACT threshold must be in (0, 1), got {threshold}")
+        self.beta = float(beta)
+        self.threshold = float(threshold)
+        self.sinks: dict[tuple[int, int], list[Tensor]] = {}
+
+    def reset(self) -> None:
+        self.sinks = {}
+
+    def edit(self, call, heads):
+        call.request_stats(received=True)
+
+    def edit_output(self, call, heads, output):
+        result = call.result
+        assert result is not None and result.sink is not None
+        batch = call.query.shape[0]
+        group = call.n_heads // call.key.shape[1]
+        out = output.clone()
+        for h in heads:
+            key = (call.layer, h)
+            if key not in self.sinks:  # prompt: detect this head's sinks per batch item
+                self.sinks[key] = [
+                    torch.nonzero(result.sink[b, h, 1:] > self.threshold).flatten() + 1
+                    for b in range(batch)
+                ]
+            for b in range(batch):
+                sink_idx = self.sinks[key][b]
+                if sink_idx.numel() == 0:
+                    continue
+                q = call.query[b, h].float()  # (Lq, D)
+                k = call.key[b, h // group].float().index_select(0, sink_idx)  # (S, D)
+                v = call.value[b, h // group].float().index_select(0, sink_idx)
+                scores = q @ k.T * call.scaling  # (Lq, S)
+                if call.score_bias is not None:
+                    bias = call.score_bias[min(b, call.score_bias.shape[0] - 1), h]
+                    scores = scores + bias.index_select(0, sink_idx)
+                visible = _visible(call, b, sink_idx)
+                p = torch.exp(scores - result.lse[b, h].unsqueeze(-1).float())
+                p = torch.where(visible, p, torch.zeros_like(p))
+                p_sink = p.sum(-1, keepdim=True)  # (Lq, 1)
+                v_sink = p @ v  # (Lq, D)
+                scale = 1.0 if call.head_scale is None else float(call.head_scale[h])
+                a = (1 - self.beta * p_sink) / (1 - p_sink).clamp_min(1e-12)
+                a = torch.where(p_sink < 1 - 1e-6, a, torch.ones_like(a))
+                beta = torch.where(p_sink < 1 - 1e-6, self.beta, 1.0)
+                o = out[b, :, h].float()
+                new = a * (o - scale * v_sink) + beta * scale * v_sink
+                out[b, :, h] = new.to(out.dtype)
+        return out
+
+
+def _visible(call, b: int, key_idx: Tensor) -> Tensor:
+    """(Lq, S) bool: which of the keys ``key_idx`` each query row of batch item ``b`` sees."""
+    pos = torch.arange(call.n_queries, device=key_idx.device) + call.query_offset
+    vis = torch.ones(call.n_queries, key_idx.numel(), dtype=torch.bool, device=key_idx.device)
+    if call.causal:
+        vis &= key_idx.unsqueeze(0) <= pos.unsqueeze(1)
+    if call.mask is not None:
+        m = call.mask[min(b, call.mask.shape[0] - 1), 0]  # (Lq, Lk)
+        vis &= m.index_select(1, key_idx).bool()
+    return vis
+
+
+class Temperature(Intervention):
+    """Divide the scores of each chosen head by ``temperature`` (> 1 flattens, < 1 sharpens)."""
+
+    name = "temperature"
+
+    def __init__(self, lm, heads: Iterable[HeadLike], temperature: float = 1.0) -> None:
+        super().__init__(lm, heads)
+        if not temperature > 0 or not math.isfinite(temperature):
+            raise InterventionError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def edit(self, call, heads):
+        scale_queries(call, heads, 1.0 / self.temperature)
+
+
+@dataclass
+class FocusDirectionSet:
+    """Focus directions (Zhu et al. 2025, "Focus Directions Make Your Language Models Pay More
+    Attention to Relevant Contexts"): per-head vectors ``d_q``, ``d_k`` (D,) added to the
+    post-RoPE query and key of a contextual head, applied with a scale (0.2 - 0.3).
+
+    Saved as safetensors: tensors ``L{l}H{h}.q`` and ``L{l}H{h}.k``, metadata ``model`` and
+    ``head_dim``. Training them belongs to the contextual-heads analyzer.
+    """
+
+    directions: dict[Head, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    model: str = ""
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        if not self.directions:
+            raise InterventionError("no focus directions to save")
+        tensors = {}
+        for head, (dq, dk) in self.directions.items():
+            tensors[f"{head.id}.q"] = dq.detach().float().contiguous().cpu()
+            tensors[f"{head.id}.k"] = dk.detach().float().contiguous().cpu()
+        dim = next(iter(self.directions.values()))[0].numel()
+        save_file(tensors, str(path), metadata={"model": self.model, "head_dim": str(dim)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> FocusDirectionSet:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                names = list(f.keys())
+                tensors = {n: f.get_tensor(n) for n in names}
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InterventionError(f"cannot read focus directions from {path}: {exc}") from None
+        directions: dict[Head, tuple[Tensor, Tensor]] = {}
+        for name in names:
+            head_text, _, part = name.rpartition(".")
+            if part not in ("q", "k"):
+                raise InterventionError(f"{path}: unexpected tensor {name!r}")
+            head = parse_head(head_text)
+            other = f"{head_text}.{'k' if part == 'q' else 'q'}"
+            if other not in tensors:
+                raise InterventionError(f"{path}: {name!r} has no matching {other!r}")
+            directions[head] = (tensors[f"{head_text}.q"], tensors[f"{head_text}.k"])
+        return cls(directions, meta.get("model", ""))
+
+
+class FocusDirections(Intervention):
+    """Apply a :class:`FocusDirectionSet` with ``scale``.
+
+    ``q_h += scale * d_q``. The key direction is added to every key of the head, so its
+    contribution to a row's scores, ``(q_i + scale d_q) . scale d_k``, is the same for every
+    key of the row and cancels in the softmax: exactly, the key part changes nothing and is not
+    applied (which also keeps it from leaking into the other query heads of a GQA group).
+    """
+
+    name = "focus"
+
+    def __init__(self, lm, directions: FocusDirectionSet, scale: float = 0.25) -> None:
+        super().__init__(lm, list(directions.directions))
+        dim = lm.layout.head_dim
+        for head, (dq, dk) in directions.directions.items():
+            if dq.shape != (dim,) or dk.shape != (dim,):
+                raise InterventionError(
+                    f"focus direction of {head.id} has shape {tuple(dq.shape)}, "
+                    f"this model's head_dim is {dim}"
+                )
+        self.directions = directions
+        self.scale = float(scale)
+
+    def edit(self, call, heads):
+        query = call.query.clone()
+        for h in heads:
+            dq = self.directions.directions[Head(call.layer, h)][0]
+            query[:, h] += self.scale * dq.to(query.device, query.dtype)
+        call.query = query
