@@ -37,7 +37,6 @@ Nothing here imports TransformerLens or nnsight unless the user already has.
 from __future__ import annotations
 
 import copy
-import importlib
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -55,12 +54,12 @@ __all__ = [
     "BackendError",
     "BackendParts",
     "adopt",
-    "backends",
     "detached_view",
     "find_backend",
     "from_nnsight",
     "from_transformer_bridge",
     "register_backend",
+    "registered_backends",
     "shared",
 ]
 
@@ -102,8 +101,8 @@ class Backend:
 
     Attributes:
         name: short name (``"transformer_lens"``, ``"nnsight"``, ``"transformers"``).
-        target: ``"importable.module:ClassName"``; resolved only when the module's top-level
-            package is already imported (an object of that class cannot exist otherwise).
+        target: ``"importable.module:ClassName"``, looked up only in already imported modules
+            (an object of that class cannot exist otherwise), so no library is imported here.
         extract: ``extract(obj, tokenizer)`` -> :class:`BackendParts`; ``tokenizer`` is the
             caller's override (None = take the object's own).
     """
@@ -113,14 +112,14 @@ class Backend:
     extract: Callable[[Any, Any], BackendParts]
 
     def resolve(self) -> type | None:
-        """The target class, or None when its library is not loaded (or lacks the class)."""
+        """The target class, or None while its module is not imported (or lacks the class).
+
+        Never imports anything: ``target`` names the class's module or a package above it, and
+        an object of the class cannot exist before that has been imported.
+        """
         module_name, _, class_name = self.target.partition(":")
-        if module_name.split(".")[0] not in sys.modules:
-            return None
-        try:
-            return getattr(importlib.import_module(module_name), class_name, None)
-        except ImportError:
-            return None
+        module = sys.modules.get(module_name)
+        return getattr(module, class_name, None) if module is not None else None
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -135,7 +134,7 @@ def register_backend(
     return backend
 
 
-def backends() -> tuple[Backend, ...]:
+def registered_backends() -> tuple[Backend, ...]:
     """The registered backends, in registration order."""
     return tuple(_REGISTRY.values())
 
@@ -347,8 +346,8 @@ def _adopt_as(expected: str, obj: Any, tokenizer: Any, name: str | None) -> Load
     backend = find_backend(obj)
     if backend.name != expected:
         raise BackendError(
-            f"expected a {expected} model object, got a {type(obj).__name__} "
-            f"({backend.name}); workbench.backends.adopt(obj) accepts any supported object"
+            f"expected a model object of the {expected!r} backend, got a {type(obj).__name__} "
+            f"({backend.name!r} backend); workbench.backends.adopt(obj) takes any supported object"
         )
     return _adopt_with(backend, obj, tokenizer, name)
 
@@ -382,9 +381,16 @@ def shared(obj: Any, *, tokenizer: Any = None, name: str | None = None) -> Itera
     Inside the block the model behind ``obj`` (an nnsight model or a plain transformers model)
     runs ``attn_implementation="workbench"``: with no probe attached that is transformers' SDPA
     forward, so the user's tool keeps working, and workbench probes and interventions act on
-    the same forward passes as the tool's own (``with lm.capture(...) as cap, nn_model.trace(p):``).
-    On exit the previous attention implementation is set back. While inside, attention weights
-    are not returned by the model (``self_attn.output[1]`` is None, as under SDPA).
+    the same forward passes as the tool's own::
+
+        with backends.shared(nn_model) as lm:
+            with torch.no_grad(), lm.capture(layers=[3]) as cap, nn_model.trace(prompt):
+                nn_model.model.layers[2].mlp.output[:] = 0
+
+    (nnsight traces run with autograd on; the map kernels need ``torch.no_grad()``.) On exit
+    the previous attention implementation and train/eval mode are set back. While inside,
+    attention weights are not returned by the model (``self_attn.output[1]`` is None, as under
+    SDPA).
 
     Raises:
         BackendError: ``obj`` cannot be driven in place (a TransformerBridge), or as in

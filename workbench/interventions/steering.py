@@ -78,7 +78,8 @@ class AttentionCalibration(Intervention):
     log-sum-exp; the probabilities of the few sink keys are recomputed from q, k and the LSE,
     and the output is corrected as ``a_i (o_i - V_iS) + beta V_iS`` with ``V_iS = sum_S p_ij
     v_j``. Sinks are detected on the first call of each layer (the prompt) and kept for the
-    decode steps of a generation.
+    decode steps of a generation; pass ``sinks`` (``{(layer, head): [key indices per batch
+    item]}``, e.g. another instance's ``.sinks``) to use a fixed set instead.
     """
 
     name = "act"
@@ -89,6 +90,7 @@ class AttentionCalibration(Intervention):
         heads: Iterable[HeadLike],
         beta: float = ACT_BETA,
         threshold: float = ACT_THRESHOLD,
+        sinks: dict[tuple[int, int], list[Tensor]] | None = None,
     ) -> None:
         super().__init__(lm, heads)
         if not 0 <= beta <= 1:
@@ -97,10 +99,12 @@ class AttentionCalibration(Intervention):
             raise InterventionError(f"ACT threshold must be in (0, 1), got {threshold}")
         self.beta = float(beta)
         self.threshold = float(threshold)
-        self.sinks: dict[tuple[int, int], list[Tensor]] = {}
+        self.frozen = sinks is not None
+        self.sinks: dict[tuple[int, int], list[Tensor]] = dict(sinks or {})
 
     def reset(self) -> None:
-        self.sinks = {}
+        if not self.frozen:
+            self.sinks = {}
 
     def edit(self, call, heads):
         call.request_stats(received=True)
