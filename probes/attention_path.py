@@ -13,6 +13,7 @@ reads KV head ``h // (H / Hkv)``, both in SDPA (``enable_gqa``/repeat) and in th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -89,18 +90,22 @@ def workbench_attention(
     if call.needs_kernel:
         import kernels
 
-        call.result = kernels.attention(
-            call.query,
-            call.key,
-            call.value,
-            scale=call.scaling,
-            causal=call.causal,
-            mask=call.mask,
-            score_bias=call.score_bias,
-            head_scale=call.head_scale,
-            stats=call.stats_request(),
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (call.query, call.key, call.value)
         )
-        output = call.result.output
+        with torch.no_grad() if needs_grad else nullcontext():
+            call.result = kernels.attention(
+                call.query,
+                call.key,
+                call.value,
+                scale=call.scaling,
+                causal=call.causal,
+                mask=call.mask,
+                score_bias=call.score_bias,
+                head_scale=call.head_scale,
+                stats=call.stats_request(),
+            )
+        output = differentiable_output(call) if needs_grad else call.result.output
     else:
         output, _ = sdpa_attention_forward(
             module,
@@ -119,6 +124,35 @@ def workbench_attention(
         if replaced is not None:
             output = replaced
     return output, None
+
+
+def differentiable_output(call: AttentionCall) -> Tensor:
+    """The call's attention output (B, Lq, H, D) through autograd-friendly eager ops.
+
+    The kernels are inference code (no autograd); when gradients must flow through a hooked
+    layer (attribution, training focus directions) the output is recomputed here with the same
+    bias, mask and head scale, materialising (B, H, Lq, Lk) scores for that layer.
+    """
+    q, k, v = call.query, call.key, call.value
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * call.scaling
+    if call.score_bias is not None:
+        scores = scores + call.score_bias.unsqueeze(2).to(scores.dtype)
+    n_q, n_k = q.shape[2], k.shape[2]
+    visible = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device)
+    if call.causal:
+        visible = torch.ones_like(visible).tril(diagonal=n_k - n_q)
+    if call.mask is not None:
+        visible = visible & call.mask
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows -> 0
+    out = torch.matmul(probs, v)
+    if call.head_scale is not None:
+        out = out * call.head_scale.view(1, -1, 1, 1).to(out.dtype)
+    return out.transpose(1, 2).contiguous()
 
 
 def register() -> str:

@@ -186,3 +186,24 @@ def test_generation_records_every_decode_step(lm):
     with attn_implementation(lm.model, "eager"), torch.no_grad():
         ref = lm.model(input_ids=out[:, : n + 1], output_attentions=True).attentions[5]
     assert (step1.map(1)[0] - ref[0, 1, n]).abs().max() <= 1e-5
+
+
+def test_gradients_flow_through_hooked_layers(lm):
+    """With probes/interventions active and autograd on, the output is differentiable and
+    equals the inference path's."""
+    enc = lm.encode(SHORT_PROMPT)
+    emb = lm.model.get_input_embeddings()(enc.input_ids).detach().requires_grad_(True)
+    with lm.capture(layers=[2, 3], heads=[1]) as cap, workbench_zero(lm, "L3H4"):
+        logits = lm.model(inputs_embeds=emb, use_cache=False).logits
+    logits[0, -1].logsumexp(-1).backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    with workbench_zero(lm, "L3H4"):
+        ref = lm.forward(enc)
+    assert (logits.detach() - ref).abs().max() <= 1e-4
+    assert cap.records.map(3, 1).shape == (enc.n_tokens, enc.n_tokens)
+
+
+def workbench_zero(lm, head):
+    from workbench.interventions import ZeroAblation
+
+    return ZeroAblation(lm, [head])

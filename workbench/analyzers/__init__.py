@@ -1,0 +1,56 @@
+"""Analyzers: score every head of a model, with causal evidence.
+
+``ANALYZERS`` maps names to analyzer classes; :func:`analyze` runs one::
+
+    df = workbench.analyzers.analyze("induction", lm)          # DataFrame, one row per head
+    df.attrs["causal"]                                          # top-k vs random-k ablation
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from workbench.analyzers import classic, sinks  # noqa: F401  (register analyzers)
+from workbench.analyzers.base import (
+    ANALYZERS,
+    Analyzer,
+    AnalyzerError,
+    Scan,
+    get_analyzer,
+    head_frame,
+    register_analyzer,
+    top_heads,
+)
+from workbench.analyzers.causal import causal_evidence, random_heads_like
+from workbench.analyzers.prompts import PromptFileError, as_items, load_prompt_file
+
+
+def analyze(name: str, lm, prompts=None, *, progress: bool = True, **params: Any) -> pd.DataFrame:
+    """Run the analyzer registered as ``name`` on ``lm``; see :class:`Analyzer`."""
+    return get_analyzer(name).run(lm, prompts, progress=progress, **params)
+
+
+def list_analyzers() -> list[tuple[str, str]]:
+    """``(name, summary)`` of every registered analyzer, sorted by name."""
+    return [(name, ANALYZERS[name].summary) for name in sorted(ANALYZERS)]
+
+
+__all__ = [
+    "ANALYZERS",
+    "Analyzer",
+    "AnalyzerError",
+    "PromptFileError",
+    "Scan",
+    "analyze",
+    "as_items",
+    "causal_evidence",
+    "get_analyzer",
+    "head_frame",
+    "list_analyzers",
+    "load_prompt_file",
+    "random_heads_like",
+    "register_analyzer",
+    "top_heads",
+]

@@ -1,0 +1,194 @@
+"""Classic head detectors: previous-token, duplicate-token and induction heads.
+
+Defined as TransformerLens's ``head_detector`` defines them: a binary detection pattern P over
+(query, key) pairs and the score ``sum(A * P) / sum(A)`` (error measure "mul"), averaged over
+prompts. These need the full pattern of every head, so they capture maps (short prompts).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+
+from workbench.analyzers.base import (
+    Analyzer,
+    Scan,
+    check_positive_int,
+    head_frame,
+    register_analyzer,
+    require_done,
+    top_heads,
+)
+from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.metrics import mean_next_token_loss
+from workbench.analyzers.prompts import as_items, bundled_text
+from workbench.analyzers.sinks import corpus_windows
+
+
+def previous_token_pattern(tokens: torch.Tensor) -> torch.Tensor:
+    """(T, T) with P[i, i-1] = 1."""
+    n = tokens.shape[-1]
+    return torch.diag(torch.ones(n - 1), -1)
+
+
+def duplicate_token_pattern(tokens: torch.Tensor) -> torch.Tensor:
+    """(T, T) with P[i, j] = 1 for j < i holding the same token as i."""
+    t = tokens.reshape(-1)
+    same = (t.view(-1, 1) == t.view(1, -1)).float()
+    return torch.tril(same, diagonal=-1)
+
+
+def induction_pattern(tokens: torch.Tensor) -> torch.Tensor:
+    """(T, T) with P[i, j] = 1 when token j-1 equals token i and j <= i: the key right after
+    an earlier occurrence of the current token (TransformerLens: duplicate pattern shifted one
+    key to the right, first column zero, lower triangle)."""
+    dup = duplicate_token_pattern(tokens)
+    shifted = torch.zeros_like(dup)
+    shifted[:, 1:] = dup[:, :-1]
+    return torch.tril(shifted)
+
+
+def pattern_score(
+    maps: torch.Tensor,
+    pattern: torch.Tensor,
+    *,
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+) -> torch.Tensor:
+    """``sum(A * P) / sum(A)`` per head for maps (..., T, T) -> (...)."""
+    a = maps.double()
+    if exclude_bos or exclude_current_token:
+        a = a.clone()
+        if exclude_bos:
+            a[..., :, 0] = 0
+        if exclude_current_token:
+            a.diagonal(dim1=-2, dim2=-1).zero_()
+    return (a * pattern.double()).sum((-1, -2)) / a.sum((-1, -2))
+
+
+def repeated_word_prompts(lm, n_prompts: int, n_words: int, seed: int) -> list[str]:
+    """Random word sequences from the bundled corpus, each repeated twice (induction task)."""
+    words = sorted(set(bundled_text("corpus.txt").split()))
+    gen = torch.Generator().manual_seed(seed)
+    prompts = []
+    for _ in range(n_prompts):
+        idx = torch.randperm(len(words), generator=gen)[:n_words].tolist()
+        seq = " ".join(words[i] for i in idx)
+        prompts.append(f"{seq} {seq}")
+    return prompts
+
+
+class PatternAnalyzer(Analyzer):
+    """Shared driver: capture every head's map per prompt, score it against a pattern."""
+
+    pattern_fn: ClassVar[Any]
+    default_task: ClassVar[str] = "corpus"
+
+    def run(
+        self,
+        lm,
+        prompts=None,
+        *,
+        progress: bool = True,
+        n_prompts: int = 8,
+        prompt_tokens: int = 64,
+        n_words: int = 20,
+        exclude_bos: bool = False,
+        exclude_current_token: bool = False,
+        causal: bool = True,
+        top_k: int = 5,
+        draws: int = 3,
+        seed: int = 0,
+        **_: Any,
+    ) -> pd.DataFrame:
+        n_prompts = check_positive_int("n_prompts", n_prompts)
+        items = as_items(prompts)
+        if not items:
+            if self.default_task == "repeated":
+                items = as_items(repeated_word_prompts(lm, n_prompts, n_words, seed))
+            else:
+                items = as_items(corpus_windows(lm, n_prompts, prompt_tokens))
+        n_layers = lm.info.n_layers
+        total = torch.zeros(n_layers, lm.info.n_heads, dtype=torch.float64)
+        encodings = []
+        with Scan(items, self.name, progress) as scan:
+            for item in scan:
+                enc = lm.encode(item["prompt"] if isinstance(item, dict) else item)
+                if enc.n_tokens < 2:
+                    raise ValueError(f"prompt {item['prompt']!r} has fewer than 2 tokens")
+                pattern = type(self).pattern_fn(enc.input_ids[0])
+                _, rec = lm.run_capture(enc)
+                for layer in range(n_layers):
+                    total[layer] += pattern_score(
+                        rec[layer].maps[0],
+                        pattern,
+                        exclude_bos=exclude_bos,
+                        exclude_current_token=exclude_current_token,
+                    )
+                encodings.append(enc)
+        require_done(scan, self.name)
+        score = total / scan.done
+        df = head_frame(
+            lm,
+            score,
+            attrs={
+                "analyzer": self.name,
+                "definition": "sum(A * P) / sum(A), TransformerLens head_detector ('mul')",
+                "params": {
+                    "exclude_bos": exclude_bos,
+                    "exclude_current_token": exclude_current_token,
+                    "default_task": self.default_task if not prompts else "user prompts",
+                },
+                **scan.attrs(),
+            },
+        )
+        if causal and not scan.interrupted:
+            starts = [e.n_tokens // 2 for e in encodings] if self.default_task == "repeated" else 0
+            df.attrs["causal"] = causal_evidence(
+                lm,
+                top_heads(df, top_k),
+                lambda m: mean_next_token_loss(m, encodings[:4], starts[:4] if starts else 0),
+                metric_name=(
+                    "loss on the repeated half (nats)"
+                    if self.default_task == "repeated"
+                    else "mean next-token loss (nats)"
+                ),
+                k=top_k,
+                draws=draws,
+                seed=seed,
+                mode="zero",
+                higher_is_better=False,
+            )
+        return df
+
+
+@register_analyzer
+class PreviousTokenAnalyzer(PatternAnalyzer):
+    """Previous-token heads: attention share on key i-1 (TransformerLens head_detector)."""
+
+    name = "previous_token"
+    summary = "share of attention on the previous token"
+    pattern_fn = staticmethod(previous_token_pattern)
+
+
+@register_analyzer
+class DuplicateTokenAnalyzer(PatternAnalyzer):
+    """Duplicate-token heads: attention share on earlier copies of the current token."""
+
+    name = "duplicate_token"
+    summary = "share of attention on earlier copies of the current token"
+    pattern_fn = staticmethod(duplicate_token_pattern)
+    default_task = "repeated"
+
+
+@register_analyzer
+class InductionAnalyzer(PatternAnalyzer):
+    """Induction heads: attention share on the token after an earlier copy of the current one
+    (Olsson et al. 2022; TransformerLens head_detector pattern)."""
+
+    name = "induction"
+    summary = "share of attention on the token after an earlier copy of the current one"
+    pattern_fn = staticmethod(induction_pattern)
+    default_task = "repeated"

@@ -1,0 +1,140 @@
+"""Attention sinks: first-token sink heads (Gu et al.) and hidden sinks (ACT, Yu et al.)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+import torch
+
+from workbench.analyzers.base import (
+    Analyzer,
+    Scan,
+    check_positive_int,
+    head_frame,
+    register_analyzer,
+    require_done,
+    top_heads,
+)
+from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.metrics import mean_next_token_loss
+from workbench.analyzers.prompts import as_items, bundled_text
+
+FIRST_TOKEN_THRESHOLD = 0.3  # Gu et al.'s epsilon for the Sink metric
+HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold for non-initial sinks
+
+
+def corpus_windows(lm, n_prompts: int, n_tokens: int) -> list:
+    """``n_prompts`` consecutive ``n_tokens``-token windows of the bundled corpus (decoded
+    back to text), the default sink task (Gu et al. use 64-token prompts)."""
+    ids = lm.tokenizer(bundled_text("corpus.txt"), add_special_tokens=False)["input_ids"]
+    windows = []
+    for i in range(n_prompts):
+        chunk = ids[(i * n_tokens) % max(1, len(ids) - n_tokens) :][:n_tokens]
+        windows.append(lm.tokenizer.decode(chunk))
+    return windows
+
+
+@register_analyzer
+class SinkAnalyzer(Analyzer):
+    """Sink score of key j: the mean attention it receives from the queries that can see it,
+    ``sum_i A[i, j] / (T - j)`` (Gu et al. 2024, "When Attention Sink Emerges in Language
+    Models"). A head's ``score`` is its first-token sink score averaged over prompts; heads
+    above ``first_threshold`` (0.3) are sink heads and their share is the model's Sink rate.
+    Hidden sinks (Yu et al. 2024, "Unveiling and Harnessing Hidden Attention Sinks", ACT): keys
+    after the first whose sink score exceeds ``hidden_threshold`` (0.1).
+
+    Evidence columns: ``is_sink_head``, ``hidden_sinks`` (mean count per prompt),
+    ``hidden_sink_max`` (largest non-initial sink score, averaged over prompts).
+    ``attrs["hidden_sink_tokens"]``: the tokens most often acting as hidden sinks (token, count
+    of (prompt, head) pairs). Read through the kernels' statistics: no L x L maps.
+    Causal check: mean next-token loss on the prompts with the top-k sink heads vs k random
+    same-layer heads zero-ablated.
+    """
+
+    name = "sinks"
+    summary = "first-token sink heads (Gu et al.) and hidden sinks (ACT)"
+
+    def run(
+        self,
+        lm,
+        prompts=None,
+        *,
+        progress: bool = True,
+        n_prompts: int = 16,
+        prompt_tokens: int = 64,
+        first_threshold: float = FIRST_TOKEN_THRESHOLD,
+        hidden_threshold: float = HIDDEN_SINK_THRESHOLD,
+        causal: bool = True,
+        top_k: int = 5,
+        draws: int = 3,
+        seed: int = 0,
+        **_: Any,
+    ) -> pd.DataFrame:
+        n_prompts = check_positive_int("n_prompts", n_prompts)
+        prompt_tokens = check_positive_int("prompt_tokens", prompt_tokens, minimum=2)
+        items = as_items(prompts) or as_items(corpus_windows(lm, n_prompts, prompt_tokens))
+        n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
+        first = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        hidden_count = torch.zeros_like(first)
+        hidden_max = torch.zeros_like(first)
+        token_counts: Counter[str] = Counter()
+        encodings = []
+        with Scan(items, "sinks", progress) as scan:
+            for item in scan:
+                enc, rec = lm.run_statistics(
+                    item["prompt"], received=True, entropy=False, argmax=False, distance=False
+                )
+                sink = torch.stack([rec[layer].stats["sink"][0] for layer in range(n_layers)])
+                sink = sink.double()  # (layers, heads, T)
+                first += sink[..., 0]
+                later = sink[..., 1:]
+                is_hidden = later > hidden_threshold
+                hidden_count += is_hidden.sum(-1)
+                hidden_max += later.max(-1).values if later.shape[-1] else 0.0
+                per_token = is_hidden.sum((0, 1))  # (T-1,) heads where token is a hidden sink
+                for pos in torch.nonzero(per_token).flatten().tolist():
+                    token_counts[enc.tokens[pos + 1]] += int(per_token[pos])
+                encodings.append(enc)
+        require_done(scan, "sinks")
+        n = scan.done
+        score = first / n
+        is_sink = score > first_threshold
+        attrs: dict[str, Any] = {
+            "analyzer": self.name,
+            "params": {
+                "n_prompts": n_prompts,
+                "prompt_tokens": prompt_tokens,
+                "first_threshold": first_threshold,
+                "hidden_threshold": hidden_threshold,
+            },
+            "sink_rate": float(is_sink.double().mean()),
+            "hidden_sink_tokens": [
+                {"token": t, "count": c} for t, c in token_counts.most_common(25)
+            ],
+            **scan.attrs(),
+        }
+        df = head_frame(
+            lm,
+            score,
+            {
+                "is_sink_head": is_sink,
+                "hidden_sinks": hidden_count / n,
+                "hidden_sink_max": hidden_max / n,
+            },
+            attrs,
+        )
+        if causal and not scan.interrupted:
+            df.attrs["causal"] = causal_evidence(
+                lm,
+                top_heads(df, top_k),
+                lambda m: mean_next_token_loss(m, encodings[:4]),
+                metric_name="mean next-token loss (nats)",
+                k=top_k,
+                draws=draws,
+                seed=seed,
+                mode="zero",
+                higher_is_better=False,
+            )
+        return df
