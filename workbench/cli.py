@@ -1,4 +1,4 @@
-"""The ``workbench`` command line: ``info``, ``capture``, ``bench``, ``app``.
+"""The ``workbench`` command line: info, capture, generate, scan, bench, app.
 
 Every user error is a :class:`~workbench.errors.WorkbenchError` printed as one line
 (``error: ...``) with exit status 2; nothing prints a traceback for bad input.
@@ -198,6 +198,49 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from workbench.analyzers import analyze, get_analyzer, list_analyzers, load_prompt_file
+    from workbench.errors import WorkbenchError
+
+    if args.list:
+        for name, summary in list_analyzers():
+            print(f"{name}\t{summary}")
+        return 0
+    if not args.analyzer:
+        raise WorkbenchError("give --analyzer NAME (see `workbench scan --list`)")
+    if not args.out:
+        raise WorkbenchError("give --out FILE.csv or FILE.parquet")
+    out = Path(args.out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise WorkbenchError(f"--out {out} must end in .csv or .parquet")
+    _check_out_file(out, out.suffix)
+    get_analyzer(args.analyzer)  # unknown names fail before the model loads
+    prompts = load_prompt_file(args.prompts) if args.prompts else None
+    lm = _load(args)
+    params = {} if args.top is None else {"top_k": args.top}
+    df = analyze(args.analyzer, lm, prompts, progress=not args.quiet, **params)
+    tmp = out.with_name(out.name + ".partial")
+    if out.suffix == ".csv":
+        df.to_csv(tmp, index=False)
+    else:
+        df.to_parquet(tmp, index=False)
+    os.replace(tmp, out)
+    meta = out.with_name(out.name + ".json")
+    meta.write_text(json.dumps(df.attrs, indent=2, default=str))
+    best = df.nlargest(5, "score")
+    print(f"wrote {out} ({len(df)} heads) and {meta.name}")
+    pairs = zip(best.head_id, best.score, strict=True)
+    print("top heads: " + ", ".join(f"{h} {v:.3f}" for h, v in pairs))
+    causal = df.attrs.get("causal")
+    if causal:
+        print(
+            f"causal ({causal['metric']}): base {causal['base']:.4f}, top-{causal['k']} "
+            f"ablated {causal['top_k']:.4f}, random-{causal['k']} ablated "
+            f"{causal['random_k_mean']:.4f}"
+        )
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     from app.server import serve
 
@@ -252,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("scan", help="run an analyzer over every head, write its table")
+    _add_model_args(p)
+    p.add_argument("--analyzer", default=None, help="analyzer name (see --list)")
+    p.add_argument("--list", action="store_true", help="list analyzers, one a line")
+    p.add_argument("--prompts", default=None, help="text file (one prompt a line) or JSONL")
+    p.add_argument("--top", type=int, default=None, help="k of the top-k causal check")
+    p.add_argument("--out", default=None, help="FILE.csv or FILE.parquet")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("app", help="serve the Dash app")
     p.add_argument("--model", default=None, help="model (default: embedded SmolLM2)")

@@ -89,3 +89,52 @@ def test_console_script_runs(lm):
     )
     assert proc.returncode == EXIT_USER_ERROR
     assert proc.stderr.strip().splitlines()[-1].startswith("error: layer 99")
+
+
+def test_scan_list(capsys):
+    assert main(["scan", "--list"]) == 0
+    names = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert {"sinks", "previous_token", "duplicate_token", "induction"} <= set(names)
+    assert names == sorted(names)
+
+
+def test_scan_writes_table(tmp_path, capsys, lm):
+    import pandas as pd
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one two three one two three\n\nred green blue red green blue\n")
+    out = tmp_path / "ind.parquet"
+    args = [
+        "scan",
+        "--analyzer",
+        "induction",
+        "--prompts",
+        str(prompts),
+        "--top",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    df = pd.read_parquet(out)
+    assert len(df) == 270 and list(df.columns[:4]) == ["layer", "head", "head_id", "score"]
+    meta = json.loads((tmp_path / "ind.parquet.json").read_text())
+    assert meta["prompts_used"] == 2 and meta["causal"]["k"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["scan", "--analyzer", "nope", "--out", "x.csv"], "unknown analyzer 'nope'"),
+        (["scan", "--analyzer", "sinks", "--out", "x.txt"], ".csv or .parquet"),
+        (
+            ["scan", "--analyzer", "sinks", "--prompts", "/no/such.txt", "--out", "x.csv"],
+            "does not exist",
+        ),
+    ],
+)
+def test_scan_errors(args, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == EXIT_USER_ERROR
+    assert match in capsys.readouterr().err

@@ -1,0 +1,610 @@
+"""Head attribution for a next-token metric: direct logit attribution, attribution patching, and
+exact per-head ablation to check them.
+
+The metric is, by default, the logit difference ``logit(target) - logit(foil)`` at the last
+prompt position (the IOI measure of Wang et al. 2022, "Interpretability in the Wild: a Circuit
+for Indirect Object Identification in GPT-2 small"); any differentiable function of the
+last-position logits can be given instead. For every (layer, query head):
+
+* ``dla`` - direct logit attribution (Elhage et al. 2021, "A Mathematical Framework for
+  Transformer Circuits"; TransformerLens ``cache.stack_head_results`` + ``apply_ln_to_stack``):
+  the head's output ``z_h`` at the last position, through its slice ``W_O[:, hD:(h+1)D]`` of the
+  output projection, through the final norm with its scale *frozen* at the value the clean
+  residual stream has at the last position (the one approximation; RMSNorm:
+  ``s = 1/sqrt(mean(x^2) + eps)``, LayerNorm: also centred), dotted with the metric's direction
+  in the final hidden space (``W_U[target] - W_U[foil]`` for the logit difference; the metric's
+  gradient w.r.t. the last-position logits, pulled back through the unembedding, for any other
+  metric). With the scale frozen, the DLA of all heads, the embeddings and the MLPs add up to
+  the metric exactly (biases aside). DLA counts only the direct path to the logits.
+* ``attribution_patching`` - the first-order estimate of the metric change when the head is
+  ablated (Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale";
+  Syed et al. 2023, "Attribution Patching Outperforms Automated Circuit Discovery"):
+  ``sum_positions grad_z(metric) . (z_baseline - z)``, with one forward and one backward pass
+  per prompt. ``baseline``: ``"zero"`` (default: ``z_baseline = 0``, the estimate of a
+  :class:`~workbench.interventions.ZeroAblation`), ``"mean"`` (the head's mean output over the
+  task prompts, estimate of a ``MeanAblation``) or ``"corrupt"`` (the head's output on the
+  item's ``corrupt`` prompt, same token count: activation patching corrupt -> clean). Gradients
+  are taken w.r.t. each layer's output-projection input (the concatenated ``z``), through the
+  full model, so they include every indirect path.
+* ``ablation_effect`` (only with ``exact=True`` or ``exact_heads=...``; one forward per head and
+  prompt, 270 per prompt on SmolLM2): the exact metric change under the same ablation, what
+  ``attribution_patching`` estimates. ``attrs["agreement"]`` gives their correlations.
+
+``score`` = ``|attribution_patching|``: how much the head matters to the metric, either way
+(a negative name-mover head matters as much as a name mover); the signed values are in the
+evidence columns. Causal check: the mean metric with the top-k heads by ``score`` zero-ablated
+vs k random same-layer heads.
+
+Prompt items: ``prompt``, ``target``, ``foil`` (strings; the first token of each is used: write
+them with their leading space, ``" Mary"``), optional ``corrupt``. Items without target and foil
+use the model's own top-1 vs top-2 next tokens. The default task is a few IOI prompts bundled
+here (:data:`DEFAULT_TASK`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from workbench.analyzers.base import (
+    Analyzer,
+    AnalyzerError,
+    Scan,
+    check_positive_int,
+    head_frame,
+    register_analyzer,
+    require_done,
+)
+from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.prompts import as_items
+from workbench.heads import Head, parse_head
+from workbench.interventions import HeadMeans, Intervention, MeanAblation, ZeroAblation
+
+#: IOI-style prompts (indirect object = target, repeated subject = foil); ``corrupt`` replaces
+#: the second subject mention by a third name (the "ABC" distribution of Wang et al.).
+DEFAULT_TASK: tuple[dict[str, str], ...] = (
+    {
+        "prompt": "When Mary and John went to the store, John gave a drink to",
+        "target": " Mary",
+        "foil": " John",
+        "corrupt": "When Mary and John went to the store, Tom gave a drink to",
+    },
+    {
+        "prompt": "When John and Mary went to the park, Mary gave a ball to",
+        "target": " John",
+        "foil": " Mary",
+        "corrupt": "When John and Mary went to the park, Sarah gave a ball to",
+    },
+    {
+        "prompt": "After Sarah and David had lunch, David handed the bill to",
+        "target": " Sarah",
+        "foil": " David",
+        "corrupt": "After Sarah and David had lunch, James handed the bill to",
+    },
+    {
+        "prompt": "While Anna and Paul were cooking dinner, Paul passed the salt to",
+        "target": " Anna",
+        "foil": " Paul",
+        "corrupt": "While Anna and Paul were cooking dinner, Bob passed the salt to",
+    },
+    {
+        "prompt": "Then, Emma and James went to the office. James gave a pen to",
+        "target": " Emma",
+        "foil": " James",
+        "corrupt": "Then, Emma and James went to the office. Lisa gave a pen to",
+    },
+    {
+        "prompt": "When Bob and Alice arrived at the party, Alice gave a gift to",
+        "target": " Bob",
+        "foil": " Alice",
+        "corrupt": "When Bob and Alice arrived at the party, David gave a gift to",
+    },
+)
+
+BASELINES = ("zero", "mean", "corrupt")
+
+#: ``metric(logits_last (V,), item) -> 0-d tensor``, differentiable.
+MetricFn = Callable[[Tensor], Tensor]
+
+
+# -- model plumbing -------------------------------------------------------------------------
+def final_norm(model: nn.Module) -> nn.Module:
+    """The final norm before the unembedding (``model.norm`` / ``transformer.ln_f`` ...)."""
+    base = getattr(model, "base_model", model)
+    for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm"):
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise AnalyzerError(
+        f"cannot find the final norm of {type(model).__name__} (looked for norm, ln_f, "
+        "final_layernorm); direct logit attribution needs it"
+    )
+
+
+def frozen_norm_map(norm: nn.Module, resid: Tensor, direction: Tensor) -> Tensor:
+    """Pull ``direction`` (in the normed space) back into the residual stream through the final
+    norm with its scale frozen at the value it has for residual vector ``resid`` (d,).
+
+    RMSNorm ``w * x * s``: ``s * w * direction``. LayerNorm ``w * (x - mean x) * s + b``: the
+    same, centred (centring is linear, so it moves onto the direction). Returns (d,) float64.
+    """
+    x = resid.double()
+    weight = getattr(norm, "weight", None)
+    w = weight.detach().double() if weight is not None else torch.ones_like(x)
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    v = w * direction.double()
+    if isinstance(norm, nn.LayerNorm):
+        s = torch.rsqrt(x.var(unbiased=False) + eps)
+        return s * (v - v.mean())
+    s = torch.rsqrt(x.pow(2).mean() + eps)
+    return s * v
+
+
+def frozen_norm_output(norm: nn.Module, resid: Tensor) -> Tensor:
+    """What :func:`frozen_norm_map`'s model of the norm gives for ``resid`` (to check it)."""
+    x = resid.double()
+    weight = getattr(norm, "weight", None)
+    w = weight.detach().double() if weight is not None else torch.ones_like(x)
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    bias = getattr(norm, "bias", None)
+    if isinstance(norm, nn.LayerNorm):
+        out = w * (x - x.mean()) * torch.rsqrt(x.var(unbiased=False) + eps)
+    else:
+        out = w * x * torch.rsqrt(x.pow(2).mean() + eps)
+    return out + bias.detach().double() if bias is not None else out
+
+
+def head_out_weights(lm, layer: int) -> Tensor:
+    """(H, D, d_model) per-head slices of layer ``layer``'s output projection."""
+    info = lm.layout
+    weight = lm.layout.out_projections[layer].weight.detach()
+    if not lm.layout.out_proj_transposed:  # nn.Linear: (d_model, H*D)
+        weight = weight.t()
+    return weight.reshape(info.n_heads, info.head_dim, -1)
+
+
+@contextmanager
+def _z_hooks(lm, *, leaf: bool):
+    """Pre-hooks on every output projection keeping its input (1, L, H*D): the heads' ``z``.
+
+    ``leaf``: also add to it a zero leaf tensor requiring grad, kept in ``zs[("delta",
+    layer)]``: the metric's gradient w.r.t. that leaf is its gradient w.r.t. ``z``, through
+    every later layer (attention included: no path is cut, whatever the parameters'
+    ``requires_grad``).
+    """
+    zs: dict[Any, Tensor] = {}
+
+    def hook_for(layer: int):
+        def hook(module, args):
+            x = args[0]
+            zs[layer] = x.detach()
+            if leaf:
+                delta = torch.zeros_like(x, requires_grad=True)
+                zs[("delta", layer)] = delta
+                return (x + delta, *args[1:])
+            return None
+
+        return hook
+
+    handles = [
+        proj.register_forward_pre_hook(hook_for(layer))
+        for layer, proj in enumerate(lm.layout.out_projections)
+    ]
+    try:
+        yield zs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run(lm, input_ids: Tensor) -> Tensor:
+    out = lm.model(
+        input_ids=input_ids.to(lm.device),
+        attention_mask=torch.ones_like(input_ids).to(lm.device),
+        use_cache=False,
+    )
+    return out.logits
+
+
+@torch.no_grad()
+def metric_value(lm, input_ids: Tensor, metric: MetricFn) -> float:
+    """The metric on one forward pass (interventions active around the call apply)."""
+    return float(metric(_run(lm, input_ids)[0, -1].double()))
+
+
+@torch.no_grad()
+def head_z(lm, input_ids: Tensor) -> list[Tensor]:
+    """Every layer's per-head output ``z`` as (1, L, H, D) tensors, from one forward."""
+    with _z_hooks(lm, leaf=False) as zs:
+        _run(lm, input_ids)
+    h, d = lm.layout.n_heads, lm.layout.head_dim
+    return [zs[layer].reshape(1, -1, h, d) for layer in range(lm.layout.n_layers)]
+
+
+def logit_diff(target_id: int, foil_id: int) -> MetricFn:
+    """``logits[target] - logits[foil]``."""
+
+    def metric(logits: Tensor) -> Tensor:
+        return logits[target_id] - logits[foil_id]
+
+    return metric
+
+
+@dataclass
+class HeadAttribution:
+    """Per-head attributions of one prompt: arrays (n_layers, n_heads), float64."""
+
+    metric: float
+    dla: Tensor
+    attribution_patching: Tensor
+    norm_check: float  # max |frozen-norm model - actual final norm output| at the last position
+
+
+def attribute(
+    lm,
+    input_ids: Tensor,
+    metric: MetricFn,
+    *,
+    baseline: str = "zero",
+    corrupt_ids: Tensor | None = None,
+    means: HeadMeans | Tensor | None = None,
+) -> HeadAttribution:
+    """DLA and attribution-patching estimate of every head for one prompt (1, L) ids.
+
+    One forward with autograd on and one backward pass (plus one forward on ``corrupt_ids``
+    for ``baseline="corrupt"``). ``metric`` maps the last-position logits (V,) to a scalar.
+    """
+    if baseline not in BASELINES:
+        raise AnalyzerError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    layout = lm.layout
+    n_layers, n_heads, dim = layout.n_layers, layout.n_heads, layout.head_dim
+    if baseline == "corrupt":
+        if corrupt_ids is None:
+            raise AnalyzerError("baseline='corrupt' needs a corrupt prompt (item field 'corrupt')")
+        if corrupt_ids.shape != input_ids.shape:
+            raise AnalyzerError(
+                f"the corrupt prompt has {corrupt_ids.shape[-1]} tokens, the clean one "
+                f"{input_ids.shape[-1]}; they must align token for token"
+            )
+        z_base = head_z(lm, corrupt_ids)
+    elif baseline == "mean":
+        if means is None:
+            raise AnalyzerError("baseline='mean' needs head means (workbench.interventions)")
+        mean_z = means.means if isinstance(means, HeadMeans) else means
+        z_base = [mean_z[layer].view(1, 1, n_heads, dim) for layer in range(n_layers)]
+    norm = final_norm(lm.model)
+    kept: dict[str, Tensor] = {}
+
+    def keep_resid(module, args):
+        kept["resid"] = args[0]
+
+    def keep_normed(module, args):
+        kept["normed"] = args[0]
+
+    unembed = lm.model.get_output_embeddings()
+    h1 = norm.register_forward_pre_hook(keep_resid)
+    h2 = unembed.register_forward_pre_hook(keep_normed)
+    try:
+        with _z_hooks(lm, leaf=True) as zs, torch.enable_grad():
+            logits = _run(lm, input_ids)
+            value = metric(logits[0, -1].double())
+            leaves = [zs[("delta", layer)] for layer in range(n_layers)]
+            grads = torch.autograd.grad(value, [kept["normed"], *leaves])
+    finally:
+        h1.remove()
+        h2.remove()
+    # DLA: direction of the metric in the normed space at the last position, pulled back
+    # through the frozen final norm, dotted with each head's direct write to the residual.
+    u = grads[0][0, -1]
+    resid = kept["resid"][0, -1].detach()
+    direction = frozen_norm_map(norm, resid, u)
+    normed = kept["normed"][0, -1].detach().double()
+    norm_check = float((frozen_norm_output(norm, resid) - normed).abs().max())
+    dla = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    ap = torch.zeros_like(dla)
+    for layer in range(n_layers):
+        z = zs[layer].reshape(1, -1, n_heads, dim)
+        w_o = head_out_weights(lm, layer).double()  # (H, D, d)
+        writes = torch.einsum("hd,hdm->hm", z[0, -1].double(), w_o)  # (H, d)
+        dla[layer] = writes @ direction.to(writes.device)
+        g = grads[layer + 1].reshape(1, -1, n_heads, dim).double()
+        delta = -z.double() if baseline == "zero" else z_base[layer].double() - z.double()
+        ap[layer] = (g * delta).sum(dim=(0, 1, 3)).cpu()
+    return HeadAttribution(float(value.detach()), dla.cpu(), ap, norm_check)
+
+
+class PatchHeads(Intervention):
+    """Replace chosen heads' outputs by given per-position outputs (activation patching).
+
+    ``z_source``: one (1, L, H, D) tensor per layer, e.g. :func:`head_z` of a corrupt prompt.
+    Only for a full forward of a prompt with the same length.
+    """
+
+    name = "patch"
+
+    def __init__(self, lm, heads, z_source: Sequence[Tensor]) -> None:
+        super().__init__(lm, heads)
+        self.z_source = z_source
+
+    def edit_output(self, call, heads, output):
+        src = self.z_source[call.layer]
+        if src.shape[1] != output.shape[1]:
+            raise AnalyzerError(
+                f"patch source has {src.shape[1]} positions, the forward {output.shape[1]}"
+            )
+        out = output.clone()
+        idx = list(heads)
+        out[:, :, idx] = src[:, :, idx].to(out.device, out.dtype)
+        return out
+
+
+def ablation_for(
+    lm,
+    heads,
+    baseline: str,
+    *,
+    means: HeadMeans | None = None,
+    z_source: Sequence[Tensor] | None = None,
+) -> Intervention:
+    """The exact ablation whose effect ``attribution_patching`` estimates for ``baseline``."""
+    if baseline == "zero":
+        return ZeroAblation(lm, heads)
+    if baseline == "mean":
+        return MeanAblation(lm, heads, means=means)
+    if baseline == "corrupt":
+        if z_source is None:
+            raise AnalyzerError("corrupt ablation needs the corrupt prompt's head outputs")
+        return PatchHeads(lm, heads, z_source)
+    raise AnalyzerError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+
+
+# -- the analyzer ---------------------------------------------------------------------------
+def _first_token(lm, text: Any, field: str) -> tuple[int, bool]:
+    if not isinstance(text, str) or not text:
+        raise AnalyzerError(f"attribution: item field {field!r} must be a non-empty string")
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise AnalyzerError(f"attribution: {field} {text!r} tokenizes to nothing")
+    return int(ids[0]), len(ids) > 1
+
+
+def _bind(metric: Callable[[Tensor, dict], Tensor], item: dict) -> MetricFn:
+    def bound(logits: Tensor) -> Tensor:
+        return metric(logits, item)
+
+    return bound
+
+
+def _correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "n": len(a)}
+    return {
+        "pearson": float(np.corrcoef(a, b)[0, 1]),
+        "spearman": float(pd.Series(a).corr(pd.Series(b), method="spearman")),
+        "n": len(a),
+    }
+
+
+def _parse_heads(lm, heads) -> list[tuple[int, int]]:
+    out = []
+    for item in heads:
+        head = parse_head(item) if isinstance(item, str) else Head(*item)
+        lm.layout.check_layers([head.layer])
+        lm.layout.check_heads([head.head])
+        out.append((int(head.layer), int(head.head)))
+    if not out:
+        raise AnalyzerError("exact_heads is empty; name heads such as L29H3, or set exact=True")
+    return sorted(set(out))
+
+
+@register_analyzer
+class AttributionAnalyzer(Analyzer):
+    """Per-head direct logit attribution (Elhage et al. 2021) and attribution-patching estimate
+    (Nanda 2023; Syed et al. 2023) of a last-position metric (default: the IOI logit difference
+    of Wang et al. 2022), optionally checked against exact per-head ablation; see the module
+    docstring for the definitions, the frozen-norm approximation and the baselines."""
+
+    name = "attribution"
+    summary = "direct logit attribution and attribution patching for a logit-difference metric"
+
+    def run(
+        self,
+        lm,
+        prompts=None,
+        *,
+        progress: bool = True,
+        metric: str | Callable[[Tensor, dict], Tensor] = "logit_diff",
+        baseline: str = "zero",
+        n_prompts: int | None = None,
+        exact: bool = False,
+        exact_heads: Sequence[Any] | None = None,
+        causal: bool = True,
+        top_k: int = 5,
+        draws: int = 3,
+        seed: int = 0,
+        causal_prompts: int = 6,
+        **_: Any,
+    ) -> pd.DataFrame:
+        """Score every head; see the module docstring. ``metric``: ``"logit_diff"`` or a
+        callable ``(logits_last (V,), item) -> 0-d tensor``. ``exact`` / ``exact_heads``:
+        measure the exact ablation effect of every head / of these heads."""
+        if baseline not in BASELINES:
+            raise AnalyzerError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if not (metric == "logit_diff" or callable(metric)):
+            raise AnalyzerError(f"metric must be 'logit_diff' or a callable, got {metric!r}")
+        top_k = check_positive_int("top_k", top_k)
+        causal_prompts = check_positive_int("causal_prompts", causal_prompts)
+        items = as_items(prompts) or [dict(item) for item in DEFAULT_TASK]
+        if n_prompts is not None:
+            items = items[: check_positive_int("n_prompts", n_prompts)]
+        exact_list = None
+        if exact_heads is not None:
+            exact_list = _parse_heads(lm, exact_heads)
+        elif exact:
+            exact_list = [(a, b) for a in range(lm.info.n_layers) for b in range(lm.info.n_heads)]
+
+        # Tokenize and resolve each item's metric up front (clear errors before any work).
+        prepared = []
+        multi_token = 0
+        for item in items:
+            enc = lm.encode(item["prompt"])
+            corrupt_ids = None
+            if baseline == "corrupt":
+                if not isinstance(item.get("corrupt"), str):
+                    raise AnalyzerError(
+                        "baseline='corrupt' needs a 'corrupt' prompt in every item; missing in "
+                        f"{item['prompt']!r:.60}"
+                    )
+                corrupt_ids = lm.encode(item["corrupt"]).input_ids
+            if callable(metric):
+                fn, pair = _bind(metric, item), None
+            else:
+                has_t, has_f = "target" in item, "foil" in item
+                if has_t != has_f:
+                    raise AnalyzerError(
+                        "attribution items need both 'target' and 'foil' (or neither, to use the "
+                        f"model's top-2 next tokens); got one in {item['prompt']!r:.60}"
+                    )
+                if has_t:
+                    t, mt = _first_token(lm, item["target"], "target")
+                    f, mf = _first_token(lm, item["foil"], "foil")
+                    multi_token += int(mt) + int(mf)
+                else:
+                    with torch.no_grad():
+                        top2 = _run(lm, enc.input_ids)[0, -1].topk(2).indices.tolist()
+                    t, f = int(top2[0]), int(top2[1])
+                if t == f:
+                    raise AnalyzerError(
+                        f"target and foil are the same token in {item['prompt']!r:.60}"
+                    )
+                fn, pair = logit_diff(t, f), (t, f)
+            prepared.append((item, enc, corrupt_ids, fn, pair))
+
+        means = None
+        if baseline == "mean":
+            from workbench.interventions import head_means
+
+            means = head_means(lm, [item["prompt"] for item in items])
+
+        n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
+        dla = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        ap = torch.zeros_like(dla)
+        per_item = []
+        norm_check = 0.0
+        with Scan(prepared, self.name, progress) as scan:
+            for item, enc, corrupt_ids, fn, pair in scan:
+                res = attribute(
+                    lm, enc.input_ids, fn, baseline=baseline, corrupt_ids=corrupt_ids, means=means
+                )
+                dla += res.dla
+                ap += res.attribution_patching
+                norm_check = max(norm_check, res.norm_check)
+                row = {"prompt": item["prompt"], "metric": res.metric}
+                if pair is not None:
+                    row["target"] = lm.tokenizer.decode([pair[0]])
+                    row["foil"] = lm.tokenizer.decode([pair[1]])
+                per_item.append(row)
+        require_done(scan, self.name)
+        n = scan.done
+        done = prepared[:n]
+        evidence: dict[str, Any] = {"dla": dla / n, "attribution_patching": ap / n}
+
+        attrs: dict[str, Any] = {
+            "analyzer": self.name,
+            "definition": (
+                "dla: head output at the last position through its W_O slice and the final "
+                "norm with its scale frozen at the clean residual's value, dotted with the "
+                "metric direction (W_U[target] - W_U[foil]); attribution_patching: "
+                "sum over positions of grad_z(metric) . (z_baseline - z); score = "
+                "|attribution_patching|; all averaged over prompts"
+            ),
+            "params": {
+                "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "fn"),
+                "baseline": baseline,
+                "exact": exact_list is not None,
+                "n_exact_heads": len(exact_list) if exact_list is not None else 0,
+                "default_task": "IOI prompts" if not prompts else "user prompts",
+            },
+            "metric_mean": float(np.mean([r["metric"] for r in per_item])),
+            "items": per_item,
+            "prompts_passed": int(sum(r["metric"] > 0 for r in per_item)),
+            "multi_token_targets": multi_token,
+            "norm_check_max_abs": norm_check,
+            **scan.attrs(),
+        }
+
+        if exact_list is not None and not scan.interrupted:
+            effect = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
+            total = torch.zeros_like(effect)
+            pairs = [(head, i) for head in exact_list for i in range(len(done))]
+            sources = [head_z(lm, e[2]) if baseline == "corrupt" else None for e in done]
+            bases = [metric_value(lm, e[1].input_ids, e[3]) for e in done]
+            counts: dict[tuple[int, int], int] = {}
+            with Scan(pairs, f"{self.name} exact", progress) as exact_scan:
+                for (layer, head), i in exact_scan:
+                    _, enc, _, fn, _ = done[i]
+                    with ablation_for(
+                        lm, [(layer, head)], baseline, means=means, z_source=sources[i]
+                    ):
+                        value = metric_value(lm, enc.input_ids, fn)
+                    total[layer, head] += value - bases[i]
+                    counts[(layer, head)] = counts.get((layer, head), 0) + 1
+            for (layer, head), c in counts.items():
+                if c == len(done):  # only heads measured on every prompt
+                    effect[layer, head] = total[layer, head] / c
+            evidence["ablation_effect"] = effect
+            e = effect.numpy().reshape(-1)
+            attrs["agreement"] = {
+                "attribution_patching_vs_ablation": _correlations((ap / n).numpy().reshape(-1), e),
+                "minus_dla_vs_ablation": _correlations((-dla / n).numpy().reshape(-1), e),
+                "exact_interrupted": exact_scan.interrupted,
+            }
+
+        score = (ap / n).abs()
+        df = head_frame(lm, score, evidence, attrs)
+        if causal and not scan.interrupted:
+            ranked = df.sort_values("score", ascending=False)
+            ranked_heads = [
+                (int(a), int(b)) for a, b in zip(ranked["layer"], ranked["head"], strict=True)
+            ]
+            subset = done[:causal_prompts]
+
+            def mean_metric(model) -> float:
+                return float(np.mean([metric_value(model, e[1].input_ids, e[3]) for e in subset]))
+
+            df.attrs["causal"] = causal_evidence(
+                lm,
+                ranked_heads,
+                mean_metric,
+                metric_name=f"mean {attrs['params']['metric']} over {len(subset)} prompts",
+                k=top_k,
+                draws=draws,
+                seed=seed,
+                mode="zero",
+                higher_is_better=True,
+            )
+        return df
+
+
+__all__ = [
+    "DEFAULT_TASK",
+    "AttributionAnalyzer",
+    "HeadAttribution",
+    "PatchHeads",
+    "ablation_for",
+    "attribute",
+    "final_norm",
+    "frozen_norm_map",
+    "head_z",
+    "logit_diff",
+    "metric_value",
+]
