@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PORT   ?= 8050
 
-.PHONY: run test test-fast lint format install clean-cache bench
+.PHONY: run test test-fast lint format install clean-cache bench browser
+
+# Debian's Chromium for the browser tests and static figure export (never a downloaded browser).
+CHROMIUM := /usr/bin/chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +26,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/workbench app --port $(PORT)
 
-test: $(STAMP)
+browser:
+	@if [ ! -x $(CHROMIUM) ] || ! command -v chromedriver >/dev/null; then \
+		echo "installing Debian chromium + chromium-driver"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest tests
 
 test-fast: $(STAMP)

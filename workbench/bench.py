@@ -1,7 +1,8 @@
 """``workbench bench``: head statistics vs a plain SDPA forward, side by side in one process.
 
 For each sequence length the same random token ids run through (1) a plain SDPA forward,
-(2) a forward with every statistic of every head through the workbench kernels, and (3) an eager
+(2) the workbench attention path with nothing attached (must match SDPA's speed), (3) a forward
+with every statistic of every head through the workbench kernels, and (4) an eager
 forward that keeps all maps (``output_attentions=True``, what TransformerLens / nnsight / BertViz
 need), skipped with the reason printed when its maps would not fit in memory. Times are the
 median of ``repeat`` runs taken alternately; memory is the peak resident set size sampled during
@@ -64,6 +65,8 @@ class BenchRow:
 
     seq: int
     sdpa_s: float
+    plain_s: float
+    plain_ratio: float
     stats_s: float
     ratio: float
     sdpa_peak_mb: float
@@ -110,17 +113,19 @@ def bench_length(lm, seq: int, repeat: int = 1, eager: bool = True, log=print) -
         ):
             model(input_ids=ids, use_cache=False)
 
-    sdpa_runs, stats_runs = [], []
+    sdpa_runs, plain_runs, stats_runs = [], [], []
     try:
         for _ in range(repeat):
             model.set_attn_implementation("sdpa")
             sdpa_runs.append(_timed(sdpa, device))
             model.set_attn_implementation(impl)
+            plain_runs.append(_timed(sdpa, device))  # workbench path, nothing attached
             stats_runs.append(_timed(stats, device))
     finally:
         model.set_attn_implementation(impl)
     sdpa_s = statistics.median(r[0] for r in sdpa_runs)
     stats_s = statistics.median(r[0] for r in stats_runs)
+    plain_s = statistics.median(r[0] for r in plain_runs)
     sdpa_peak = max(r[1] for r in sdpa_runs) / 1e6
     stats_peak = max(r[1] for r in stats_runs) / 1e6
 
@@ -150,6 +155,8 @@ def bench_length(lm, seq: int, repeat: int = 1, eager: bool = True, log=print) -
     return BenchRow(
         seq=seq,
         sdpa_s=round(sdpa_s, 3),
+        plain_s=round(plain_s, 3),
+        plain_ratio=round(plain_s / sdpa_s, 3),
         stats_s=round(stats_s, 3),
         ratio=round(stats_s / sdpa_s, 3),
         sdpa_peak_mb=round(sdpa_peak, 1),
@@ -169,6 +176,7 @@ def format_row(row: BenchRow) -> str:
     )
     return (
         f"seq {row.seq:6d} | sdpa {row.sdpa_s:7.2f} s / {row.sdpa_peak_mb:7.0f} MB | "
+        f"workbench path, no hooks {row.plain_s:7.2f} s ({row.plain_ratio:4.2f}x) | "
         f"stats {row.stats_s:7.2f} s / {row.stats_peak_mb:7.0f} MB | "
         f"ratio {row.ratio:5.2f}x time, {row.mem_ratio:4.2f}x mem | {eager}"
     )
