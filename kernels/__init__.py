@@ -4,6 +4,18 @@ Pure tensor math (torch; triton optional and imported lazily). The entry point i
 :func:`attention`; :class:`StatsRequest` says which statistics to compute and
 :class:`AttentionResult` holds them. No (Lq x Lk) buffer is ever built for a whole head
 except for the maps explicitly requested (and the float64 ``reference`` backend, for tests).
+
+Modules, one job each:
+
+- ``requests``: StatsRequest / MapRequest / AttentionResult (the definitions of the statistics).
+- ``problem``: argument validation (KernelInputError) into a checked Problem.
+- ``dispatch``: ``attention()`` and backend selection.
+- ``blockwise``: the PyTorch path (any device): output, LSE and statistics in one sweep.
+- ``flash_cpu``: output + LSE from PyTorch's fused CPU flash op when no statistic is asked.
+- ``reference``: float64 eager ground truth (quadratic memory; tests only).
+- ``triton_kernels`` / ``triton_backend`` / ``triton_support``: the Triton path (GPU, or CPU
+  under ``TRITON_INTERPRET=1``), its launcher, and whether it can run here.
+- ``testing``: comparison of a backend against the reference; ``bench_kernels``: timings.
 """
 
 from kernels.dispatch import attention, available_backends

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from kernels import StatsRequest, attention
 
@@ -56,7 +56,9 @@ def time_interleaved(
     return best
 
 
-def bench(length: int, repeats: int, device: str = "cpu", backend: str = "auto") -> dict[str, float]:
+def bench(
+    length: int, repeats: int, device: str = "cpu", backend: str = "auto"
+) -> dict[str, float]:
     q, k, v = _inputs(length, device)
     stats = StatsRequest.all()
     fns: dict[str, Callable[[], object]] = {
@@ -100,10 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.peak_child:
         _peak_child(args.peak_child)
         return
-    print(f"B={B} H={H} Hkv={HKV} D={D} fp32 causal, device={args.device}, "
-          f"threads={torch.get_num_threads()}, min of {args.repeats}")
-    print(f"{'L':>6} {'sdpa ms':>9} {'output ms':>10} {'all-stats ms':>13} "
-          f"{'output/sdpa':>12} {'stats/sdpa':>11}")
+    print(
+        f"B={B} H={H} Hkv={HKV} D={D} fp32 causal, device={args.device}, "
+        f"threads={torch.get_num_threads()}, min of {args.repeats}"
+    )
+    print(
+        f"{'L':>6} {'sdpa ms':>9} {'output ms':>10} {'all-stats ms':>13} "
+        f"{'output/sdpa':>12} {'stats/sdpa':>11}"
+    )
     for length in args.lengths:
         t = bench(length, args.repeats, args.device, args.backend)
         print(
@@ -114,9 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.peak:
         mib, secs = peak_memory(args.peak)
         inputs = (B * H + 2 * B * HKV) * args.peak * D * 4 / 2**20
-        print(f"peak RSS growth, output + all stats at L={args.peak}: {mib:.0f} MiB "
-              f"(inputs {inputs:.0f} MiB, one fp32 L x L head map {args.peak**2 * 4 / 2**30:.1f} "
-              f"GiB), {secs:.1f} s")
+        print(
+            f"peak RSS growth, output + all stats at L={args.peak}: {mib:.0f} MiB "
+            f"(inputs {inputs:.0f} MiB, one fp32 L x L head map {args.peak**2 * 4 / 2**30:.1f} "
+            f"GiB), {secs:.1f} s"
+        )
 
 
 if __name__ == "__main__":

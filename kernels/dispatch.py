@@ -25,8 +25,17 @@ def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
 def _cast_reference(res: AttentionResult, p: Problem) -> AttentionResult:
     """The float64 reference, returned in the dtypes of the contract."""
     sd = p.stat_dtype
-    for name in ("lse", "received", "sink", "entropy", "argmax_prob", "span_mass", "distance",
-                 "pooled", "maps"):
+    for name in (
+        "lse",
+        "received",
+        "sink",
+        "entropy",
+        "argmax_prob",
+        "span_mass",
+        "distance",
+        "pooled",
+        "maps",
+    ):
         t = getattr(res, name)
         if t is not None:
             setattr(res, name, t.to(sd))
@@ -78,8 +87,15 @@ def attention(
     ):
         raise KernelInputError(f"block_size must be an int >= 1 or None, got {block_size!r}")
     p = build_problem(
-        q, k, v, scale=scale, causal=causal, mask=mask, score_bias=score_bias,
-        head_scale=head_scale, stats=stats,
+        q,
+        k,
+        v,
+        scale=scale,
+        causal=causal,
+        mask=mask,
+        score_bias=score_bias,
+        head_scale=head_scale,
+        stats=stats,
     )
     if backend == "auto":
         backend = "triton" if p.q.is_cuda and triton_status(p.q.device) is None else "torch"

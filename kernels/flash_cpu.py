@@ -2,46 +2,109 @@
 
 ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` returns the per-row
 log-sum-exp next to the output, handles GQA natively (query head h uses KV head
-h // (H // Hkv)), and accepts a broadcast additive mask, which carries ``score_bias`` as a
-(B or 1, H, 1, Lk) tensor without ever expanding it to Lq x Lk. Its ``is_causal`` is aligned
-top-left, which equals our bottom-right convention only when Lq == Lk (or Lq == 1, where the
-single query sees every key), so other causal shapes and any bool mask go to the blockwise path.
+h // (H // Hkv)) and accepts a broadcast additive mask, so ``score_bias`` travels as a
+(B or 1, H, 1, Lk) view that is never expanded to Lq x Lk.
+
+Its ``is_causal`` is aligned top-left, which equals our convention (query i at absolute position
+Lk - Lq + i) only when Lq == Lk, and it cannot take a bool mask. Those cases are run in chunks of
+query rows, each with an additive float mask of (chunk x visible keys) only; rows that see no key
+are set to output 0 and LSE -inf afterwards (the op itself returns 0 and 0 for them).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from kernels.problem import Problem
 
+# Elements of one chunk's additive mask (rows x keys x mask heads): ~16 MB of float32.
+CHUNK_MASK_ELEMENTS = 1 << 22
 
-def _op() -> object | None:
+
+def _op():
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def flash_applicable(p: Problem) -> bool:
-    """Whether :func:`flash_forward` can serve this problem exactly."""
-    if p.q.device.type != "cpu" or p.mask is not None or _op() is None:
-        return False
-    return not p.causal or p.Lq == p.Lk or p.Lq == 1
+    """Whether :func:`flash_forward` can serve this problem (CPU, and the op exists)."""
+    return p.q.device.type == "cpu" and _op() is not None
+
+
+def _one_call(p: Problem) -> bool:
+    return p.mask is None and (not p.causal or p.Lq == p.Lk or p.Lq == 1)
+
+
+def _bias(p: Problem) -> Tensor | None:
+    if p.score_bias is None:
+        return None
+    return p.score_bias if p.q.dtype == torch.float64 else p.score_bias.float()
 
 
 def flash_forward(p: Problem) -> tuple[Tensor, Tensor]:
     """Return ``output (B, Lq, H, D)`` in q's dtype (head_scale applied) and ``lse (B, H, Lq)``."""
     op = _op()
-    assert op is not None and flash_applicable(p)
-    bias = None
-    if p.score_bias is not None:
-        bias = p.score_bias.unsqueeze(2)  # (Bb, H, 1, Lk): a broadcast view, no Lq x Lk
-        if p.q.dtype != torch.float64:
-            bias = bias.float()
-    is_causal = p.causal and p.Lq == p.Lk and p.Lq > 1
-    o, lse = op(p.q, p.k, p.v, 0.0, is_causal, attn_mask=bias, scale=p.scale)  # type: ignore[operator]
+    assert op is not None
     out = torch.empty(p.B, p.Lq, p.H, p.D, dtype=p.q.dtype, device=p.q.device)
-    src = o.transpose(1, 2)
-    if p.head_scale is not None:
-        torch.mul(src, p.head_scale.to(o.dtype)[None, None, :, None], out=out)
+    lse = torch.empty(p.B, p.H, p.Lq, dtype=p.stat_dtype, device=p.q.device)
+    hs = None if p.head_scale is None else p.head_scale.to(p.q.dtype)[None, None, :, None]
+    bias = _bias(p)
+    if _one_call(p):
+        is_causal = p.causal and p.Lq == p.Lk and p.Lq > 1
+        mask = None if bias is None else bias.unsqueeze(2)  # (Bb, H, 1, Lk): a broadcast view
+        o, l = op(p.q, p.k, p.v, 0.0, is_causal, attn_mask=mask, scale=p.scale)
+        _store(out, lse, o, l, hs, None, 0)
+        return out, lse
+    mask_heads = p.H if bias is not None or (p.mask is not None and p.mask.shape[1] > 1) else 1
+    rows = max(1, CHUNK_MASK_ELEMENTS // (p.B * mask_heads * p.Lk))
+    for i0 in range(0, p.Lq, rows):
+        i1 = min(p.Lq, i0 + rows)
+        kend = min(p.Lk, p.offset + i1) if p.causal else p.Lk
+        vis = _visible(p, i0, i1, kend)  # (Bm, Hm, n, kend) bool
+        add = torch.zeros(vis.shape, dtype=p.stat_dtype, device=p.q.device)
+        add.masked_fill_(~vis, -math.inf)
+        if bias is not None:
+            add = add + bias[:, :, None, :kend]
+        o, l = op(
+            p.q[:, :, i0:i1], p.k[:, :, :kend], p.v[:, :, :kend], 0.0, False,
+            attn_mask=add, scale=p.scale,
+        )  # fmt: skip
+        _store(out, lse, o, l, hs, vis.any(-1), i0)
+    return out, lse
+
+
+def _visible(p: Problem, i0: int, i1: int, kend: int) -> Tensor:
+    """Bool (Bm, Hm, i1 - i0, kend): causal AND mask for query rows [i0, i1)."""
+    n = i1 - i0
+    if p.mask is None:
+        vis = torch.ones(1, 1, n, kend, dtype=torch.bool, device=p.q.device)
     else:
-        out.copy_(src)
-    return out, lse.to(p.stat_dtype)
+        m = p.mask[..., :kend] if p.mask.shape[2] == 1 else p.mask[:, :, i0:i1, :kend]
+        vis = m.expand(m.shape[0], m.shape[1], n, kend).clone()
+    if p.causal:
+        pos = p.offset + torch.arange(i0, i1, device=p.q.device)
+        d0 = max(0, kend - n)
+        tail = torch.arange(d0, kend, device=p.q.device)
+        vis[..., d0:kend] &= tail[None, :] <= pos[:, None]
+    return vis
+
+
+def _store(
+    out: Tensor, lse: Tensor, o: Tensor, l: Tensor, hs: Tensor | None, valid: Tensor | None,
+    i0: int,
+) -> None:  # fmt: skip
+    """Copy a chunk's (B, H, n, D) output and (B, H, n) LSE into the result buffers."""
+    n = o.shape[2]
+    src = o.transpose(1, 2)
+    dst = out[:, i0 : i0 + n]
+    if valid is not None:
+        keep = valid.expand(lse.shape[0], lse.shape[1], n)
+        src = src * keep.transpose(1, 2).unsqueeze(-1)
+        l = torch.where(keep, l, -math.inf)
+    if hs is not None:
+        torch.mul(src, hs, out=dst)
+    else:
+        dst.copy_(src)
+    lse[:, :, i0 : i0 + n] = l

@@ -42,27 +42,27 @@ class Problem:
     stats: StatsRequest
 
     @property
-    def B(self) -> int:  # noqa: N802 - shape names
+    def B(self) -> int:
         return self.q.shape[0]
 
     @property
-    def H(self) -> int:  # noqa: N802
+    def H(self) -> int:
         return self.q.shape[1]
 
     @property
-    def Hkv(self) -> int:  # noqa: N802
+    def Hkv(self) -> int:
         return self.k.shape[1]
 
     @property
-    def Lq(self) -> int:  # noqa: N802
+    def Lq(self) -> int:
         return self.q.shape[2]
 
     @property
-    def Lk(self) -> int:  # noqa: N802
+    def Lk(self) -> int:
         return self.k.shape[2]
 
     @property
-    def D(self) -> int:  # noqa: N802
+    def D(self) -> int:
         return self.q.shape[3]
 
     @property
@@ -101,9 +101,7 @@ def _check_qkv(q: object, k: object, v: object) -> None:
             )
     assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
     if not (q.dtype == k.dtype == v.dtype):
-        raise KernelInputError(
-            f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
+        raise KernelInputError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise KernelInputError(
             f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
@@ -113,9 +111,7 @@ def _check_qkv(q: object, k: object, v: object) -> None:
     if q.shape[0] != k.shape[0]:
         raise KernelInputError(f"batch mismatch: q has B={q.shape[0]}, k/v have B={k.shape[0]}")
     if q.shape[3] != k.shape[3]:
-        raise KernelInputError(
-            f"head dim mismatch: q has D={q.shape[3]}, k/v have D={k.shape[3]}"
-        )
+        raise KernelInputError(f"head dim mismatch: q has D={q.shape[3]}, k/v have D={k.shape[3]}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise KernelInputError(
             f"query heads H={q.shape[1]} must be a multiple of KV heads Hkv={k.shape[1]}"
@@ -124,7 +120,7 @@ def _check_qkv(q: object, k: object, v: object) -> None:
         raise KernelInputError(f"empty input: q {_shape(q)}, k {_shape(k)}")
 
 
-def _check_mask(mask: object, B: int, H: int, Lq: int, Lk: int, device: torch.device) -> Tensor:  # noqa: N803
+def _check_mask(mask: object, B: int, H: int, Lq: int, Lk: int, device: torch.device) -> Tensor:
     if not isinstance(mask, Tensor):
         raise KernelInputError(f"mask must be a bool tensor or None, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
@@ -148,7 +144,7 @@ def _check_mask(mask: object, B: int, H: int, Lq: int, Lk: int, device: torch.de
     return m
 
 
-def _check_bias(bias: object, B: int, H: int, Lk: int, q: Tensor) -> Tensor:  # noqa: N803
+def _check_bias(bias: object, B: int, H: int, Lk: int, q: Tensor) -> Tensor:
     if not isinstance(bias, Tensor) or not bias.is_floating_point():
         raise KernelInputError(
             f"score_bias must be a floating tensor of shape (B or 1, H, Lk), got {bias!r:.80}"
@@ -168,9 +164,11 @@ def _check_bias(bias: object, B: int, H: int, Lk: int, q: Tensor) -> Tensor:  # 
     return bias.to(dt).clamp(min=MIN_BIAS)
 
 
-def _check_head_scale(hs: object, H: int, q: Tensor) -> Tensor:  # noqa: N803
+def _check_head_scale(hs: object, H: int, q: Tensor) -> Tensor:
     if not isinstance(hs, Tensor) or not hs.is_floating_point():
-        raise KernelInputError(f"head_scale must be a floating tensor of shape (H,), got {hs!r:.80}")
+        raise KernelInputError(
+            f"head_scale must be a floating tensor of shape (H,), got {hs!r:.80}"
+        )
     if _shape(hs) != (H,):
         raise KernelInputError(f"head_scale must have shape (H,) = ({H},), got {_shape(hs)}")
     if hs.device != q.device:
@@ -178,7 +176,7 @@ def _check_head_scale(hs: object, H: int, q: Tensor) -> Tensor:  # noqa: N803
     return hs
 
 
-def _check_stats(stats: object, H: int, Lq: int, Lk: int) -> StatsRequest:  # noqa: N803
+def _check_stats(stats: object, H: int, Lq: int, Lk: int) -> StatsRequest:
     if stats is None:
         return StatsRequest()
     if not isinstance(stats, StatsRequest):
@@ -211,8 +209,8 @@ def build_problem(
     """Validate every argument of :func:`kernels.attention`; see there for meanings."""
     _check_qkv(q, k, v)
     assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
-    B, H, Lq, D = q.shape  # noqa: N806
-    Lk = k.shape[2]  # noqa: N806
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
     if causal and Lq > Lk:
         raise KernelInputError(
             f"causal attention needs Lq <= Lk (queries are the last Lq positions), "

@@ -20,7 +20,14 @@ from kernels.reference import reference_attention
 from kernels.requests import AttentionResult, MapRequest, StatsRequest
 
 FLOAT_FIELDS = (
-    "received", "sink", "entropy", "argmax_prob", "span_mass", "distance", "pooled", "maps",
+    "received",
+    "sink",
+    "entropy",
+    "argmax_prob",
+    "span_mass",
+    "distance",
+    "pooled",
+    "maps",
 )
 
 

@@ -57,15 +57,39 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
     bias, bs = _bias_args(p)
     hscale = p.head_scale.float().contiguous() if p.head_scale is not None else lse
     common = dict(
-        H=p.H, G=p.group, Lq=p.Lq, Lk=p.Lk, D=p.D, offset=p.offset, scale=p.scale,
-        CAUSAL=p.causal, HAS_MASK=p.mask is not None, HAS_BIAS=p.score_bias is not None,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=precision,
+        H=p.H,
+        G=p.group,
+        Lq=p.Lq,
+        Lk=p.Lk,
+        D=p.D,
+        offset=p.offset,
+        scale=p.scale,
+        CAUSAL=p.causal,
+        HAS_MASK=p.mask is not None,
+        HAS_BIAS=p.score_bias is not None,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_D=bd,
+        PRECISION=precision,
     )
     grid = (triton.cdiv(p.Lq, bm), p.B * p.H)
     attn_fwd_kernel[grid](
-        q, k, v, out, lse, bias, hscale, mask,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *bs, *ms,
-        HAS_HSCALE=p.head_scale is not None, **common,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        bias,
+        hscale,
+        mask,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+        *bs,
+        *ms,
+        HAS_HSCALE=p.head_scale is not None,
+        **common,
     )
     res = AttentionResult(output=out, lse=lse, backend="triton")
     st = p.stats
@@ -100,16 +124,44 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
     m_base, rows = (0, p.Lq) if st.row_stats else (w0 // bm * bm, w1 - w0 // bm * bm)
     grid = (triton.cdiv(rows, bm), p.B * p.H)
     attn_stats_kernel[grid](
-        q, k, lse, bias, mask,
-        received, count, entropy, argmax, argprob, dist, spans, pooled, maps,
-        span_lo, span_hi, slot_of,
-        *q.stride(), *k.stride(), *bs, *ms,
-        S=n_spans, PB=pb, NR=nr, NC=nc, W0=w0, W1=w1, NMAP=max(len(unique), 1),
+        q,
+        k,
+        lse,
+        bias,
+        mask,
+        received,
+        count,
+        entropy,
+        argmax,
+        argprob,
+        dist,
+        spans,
+        pooled,
+        maps,
+        span_lo,
+        span_hi,
+        slot_of,
+        *q.stride(),
+        *k.stride(),
+        *bs,
+        *ms,
+        S=n_spans,
+        PB=pb,
+        NR=nr,
+        NC=nc,
+        W0=w0,
+        W1=w1,
+        NMAP=max(len(unique), 1),
         m_base=m_base,
-        DO_RECEIVED=st.received, DO_ENTROPY=st.entropy, DO_ARGMAX=st.argmax,
-        DO_DIST=st.distance, DO_SPANS=n_spans > 0, DO_POOL=st.pooled_block is not None,
+        DO_RECEIVED=st.received,
+        DO_ENTROPY=st.entropy,
+        DO_ARGMAX=st.argmax,
+        DO_DIST=st.distance,
+        DO_SPANS=n_spans > 0,
+        DO_POOL=st.pooled_block is not None,
         DO_MAPS=bool(unique),
-        BLOCK_S=_pow2(n_spans), TILE_M=_pow2(triton.cdiv(bm, pb) + 1),
+        BLOCK_S=_pow2(n_spans),
+        TILE_M=_pow2(triton.cdiv(bm, pb) + 1),
         TILE_N=_pow2(triton.cdiv(bn, pb) + 1),
         **common,
     )
@@ -131,4 +183,3 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
         index = torch.tensor([unique.index(h) for h in st.maps.heads], device=dev)
         res.maps = maps.index_select(1, index)
     return res
-

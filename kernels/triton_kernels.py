@@ -16,21 +16,23 @@ import triton
 import triton.language as tl
 
 
+# fmt: off
 @triton.jit
 def attn_fwd_kernel(
-    Q, K, V, Out, Lse, Bias, HeadScale, Mask,  # noqa: N803
+    Q, K, V, Out, Lse, Bias, HeadScale, Mask,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     sob, som, soh, sod,
     sbb, sbh, sbn,
     smb, smh, smm, smn,
-    H, G, Lq, Lk, D, offset, scale,  # noqa: N803
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,  # noqa: N803
-    HAS_HSCALE: tl.constexpr,  # noqa: N803
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,  # noqa: N803
-    PRECISION: tl.constexpr,  # noqa: N803
+    H, G, Lq, Lk, D, offset, scale,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_HSCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
+    # fmt: on
     """Online-softmax forward. Out (B, Lq, H, D) via strides; Lse (B, H, Lq) contiguous fp32."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -50,7 +52,7 @@ def attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if CAUSAL:
+    if CAUSAL:  # noqa: SIM108 - constexpr branch, kept explicit for triton
         hi = tl.minimum(Lk, offset + (pid_m + 1) * BLOCK_M)
     else:
         hi = Lk
@@ -104,25 +106,27 @@ def attn_fwd_kernel(
     tl.store(Lse + (b * H + h) * Lq + offs_m, lse, mask=row_ok)
 
 
+# fmt: off
 @triton.jit
 def attn_stats_kernel(
-    Q, K, Lse, Bias, Mask,  # noqa: N803
-    Received, Count, Entropy, Argmax, ArgProb, Dist, SpanMass, Pooled, Maps,  # noqa: N803
-    SpanStart, SpanEnd, MapSlot,  # noqa: N803
+    Q, K, Lse, Bias, Mask,
+    Received, Count, Entropy, Argmax, ArgProb, Dist, SpanMass, Pooled, Maps,
+    SpanStart, SpanEnd, MapSlot,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     sbb, sbh, sbn,
     smb, smh, smm, smn,
-    H, G, Lq, Lk, D, offset, scale,  # noqa: N803
-    S, PB, NR, NC, W0, W1, NMAP, m_base,  # noqa: N803
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,  # noqa: N803
-    DO_RECEIVED: tl.constexpr, DO_ENTROPY: tl.constexpr, DO_ARGMAX: tl.constexpr,  # noqa: N803
-    DO_DIST: tl.constexpr, DO_SPANS: tl.constexpr, DO_POOL: tl.constexpr,  # noqa: N803
-    DO_MAPS: tl.constexpr,  # noqa: N803
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,  # noqa: N803
-    BLOCK_S: tl.constexpr, TILE_M: tl.constexpr, TILE_N: tl.constexpr,  # noqa: N803
-    PRECISION: tl.constexpr,  # noqa: N803
+    H, G, Lq, Lk, D, offset, scale,
+    S, PB, NR, NC, W0, W1, NMAP, m_base,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DO_RECEIVED: tl.constexpr, DO_ENTROPY: tl.constexpr, DO_ARGMAX: tl.constexpr,
+    DO_DIST: tl.constexpr, DO_SPANS: tl.constexpr, DO_POOL: tl.constexpr,
+    DO_MAPS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, TILE_M: tl.constexpr, TILE_N: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
+    # fmt: on
     """Second sweep: a = exp(s - lse), accumulated into the requested statistics.
 
     Row outputs are contiguous (B, H, Lq[, S]); Received/Count (B, H, Lk) and Pooled
@@ -163,7 +167,7 @@ def attn_stats_kernel(
     t0 = first // PB
     ar_tm = tl.arange(0, TILE_M)
     ar_tn = tl.arange(0, TILE_N)
-    if CAUSAL:
+    if CAUSAL:  # noqa: SIM108 - constexpr branch, kept explicit for triton
         hi = tl.minimum(Lk, offset + first + BLOCK_M)
     else:
         hi = Lk
@@ -228,7 +232,7 @@ def attn_stats_kernel(
                 tiles,
                 mask=(tr < NR)[:, None] & (tc < NC)[None, :],
             )
-        if DO_MAPS:
+        if DO_MAPS:  # noqa: SIM102 - constexpr test outside, runtime test inside
             if slot >= 0:
                 in_w = row_ok & (offs_m >= W0) & (offs_m < W1)
                 dst = Maps + ((b * NMAP + slot) * (W1 - W0) + (offs_m - W0)[:, None]) * Lk

@@ -40,4 +40,7 @@ def triton_status(device: torch.device) -> str | None:
             "environment variable TRITON_INTERPRET=1 before triton is first imported "
             "(slow; for tests), or use CUDA tensors"
         )
-    return f"backend 'triton' does not support device {device}; use CUDA (or CPU with TRITON_INTERPRET=1)"
+    return (
+        f"backend 'triton' does not support device {device}; "
+        "use CUDA (or CPU tensors with TRITON_INTERPRET=1)"
+    )

@@ -33,8 +33,12 @@ def test_shape_mismatches():
     k2, v2 = torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16)
     raises(r"batch mismatch: q has B=1, k/v have B=2", q, k2, v2)
     raises(r"head dim mismatch: q has D=16, k/v have D=8", q, k[..., :8], v[..., :8])
-    raises(r"H=6 must be a multiple of KV heads Hkv=4", q, torch.randn(1, 4, 8, 16),
-           torch.randn(1, 4, 8, 16))
+    raises(
+        r"H=6 must be a multiple of KV heads Hkv=4",
+        q,
+        torch.randn(1, 4, 8, 16),
+        torch.randn(1, 4, 8, 16),
+    )
     raises(r"k and v shapes differ", q, k, v[:, :, :5])
     raises(r"q must be 4-D .* got shape \(6, 8, 16\)", q[0], k, v)
     raises(r"Lq <= Lk .* got Lq=8 > Lk=5", q, k[:, :, :5], v[:, :, :5])
@@ -50,8 +54,13 @@ def test_dtypes():
 
 def test_spans():
     q, k, v = qkv()
-    raises(r"span \(2, 9\) reaches past the keys: must lie in \[0, Lk=8\]", q, k, v,
-           stats=StatsRequest(spans=((2, 9),)))
+    raises(
+        r"span \(2, 9\) reaches past the keys: must lie in \[0, Lk=8\]",
+        q,
+        k,
+        v,
+        stats=StatsRequest(spans=((2, 9),)),
+    )
     with pytest.raises(KernelInputError, match=r"0 <= start < end, got \(5, 5\)"):
         StatsRequest(spans=((5, 5),))
     with pytest.raises(KernelInputError, match=r"got \(6, 2\)"):
@@ -62,10 +71,20 @@ def test_spans():
 
 def test_maps():
     q, k, v = qkv()
-    raises(r"map heads \[6\] out of range: there are H=6", q, k, v,
-           stats=StatsRequest(maps=MapRequest(heads=(0, 6))))
-    raises(r"query_window \(2, 9\) reaches past the queries: Lq=8", q, k, v,
-           stats=StatsRequest(maps=MapRequest(heads=(0,), query_window=(2, 9))))
+    raises(
+        r"map heads \[6\] out of range: there are H=6",
+        q,
+        k,
+        v,
+        stats=StatsRequest(maps=MapRequest(heads=(0, 6))),
+    )
+    raises(
+        r"query_window \(2, 9\) reaches past the queries: Lq=8",
+        q,
+        k,
+        v,
+        stats=StatsRequest(maps=MapRequest(heads=(0,), query_window=(2, 9))),
+    )
     with pytest.raises(KernelInputError, match="heads is empty"):
         MapRequest(heads=())
     with pytest.raises(KernelInputError, match=r"non-negative ints, got \(-1,\)"):
@@ -84,23 +103,45 @@ def test_pooled_block():
 
 def test_mask():
     q, k, v = qkv(b=2)
-    raises(r"mask must be a bool tensor .* got dtype torch.float32", q, k, v,
-           mask=torch.zeros(2, 1, 8, 8))
-    raises(r"mask shape \(2, 3, 8, 8\) is not broadcastable to \(B, 1 or H, Lq, Lk\)", q, k, v,
-           mask=torch.ones(2, 3, 8, 8, dtype=torch.bool))
+    raises(
+        r"mask must be a bool tensor .* got dtype torch.float32",
+        q,
+        k,
+        v,
+        mask=torch.zeros(2, 1, 8, 8),
+    )
+    raises(
+        r"mask shape \(2, 3, 8, 8\) is not broadcastable to \(B, 1 or H, Lq, Lk\)",
+        q,
+        k,
+        v,
+        mask=torch.ones(2, 3, 8, 8, dtype=torch.bool),
+    )
     raises(r"mask shape \(8, 7\)", q, k, v, mask=torch.ones(8, 7, dtype=torch.bool))
 
 
 def test_score_bias_and_head_scale():
     q, k, v = qkv(b=2)
-    raises(r"score_bias must have shape \(B or 1, H, Lk\) = \(2 or 1, 6, 8\), got \(2, 6, 7\)",
-           q, k, v, score_bias=torch.zeros(2, 6, 7))
-    raises(r"score_bias must have shape .* got \(2, 1, 6, 8\)", q, k, v,
-           score_bias=torch.zeros(2, 1, 6, 8))
-    raises(r"score_bias contains NaN or \+inf", q, k, v,
-           score_bias=torch.full((1, 6, 8), float("nan")))
-    raises(r"head_scale must have shape \(H,\) = \(6,\), got \(3,\)", q, k, v,
-           head_scale=torch.ones(3))
+    raises(
+        r"score_bias must have shape \(B or 1, H, Lk\) = \(2 or 1, 6, 8\), got \(2, 6, 7\)",
+        q,
+        k,
+        v,
+        score_bias=torch.zeros(2, 6, 7),
+    )
+    raises(
+        r"score_bias must have shape .* got \(2, 1, 6, 8\)",
+        q,
+        k,
+        v,
+        score_bias=torch.zeros(2, 1, 6, 8),
+    )
+    raises(
+        r"score_bias contains NaN or \+inf", q, k, v, score_bias=torch.full((1, 6, 8), float("nan"))
+    )
+    raises(
+        r"head_scale must have shape \(H,\) = \(6,\), got \(3,\)", q, k, v, head_scale=torch.ones(3)
+    )
     raises(r"head_scale must be a floating tensor", q, k, v, head_scale=torch.ones(6).long())
 
 

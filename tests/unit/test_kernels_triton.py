@@ -38,7 +38,7 @@ INTERPRETER_HERE = HAVE_TRITON and "triton" in available_backends("cpu")
 
 interpreted = pytest.mark.skipif(
     not INTERPRETER_HERE,
-    reason="triton interpreter not active in this process; see test_interpreter_suite_in_subprocess",
+    reason="no triton interpreter in this process: see test_interpreter_suite_in_subprocess",
 )
 
 FULL = StatsRequest(
@@ -123,10 +123,21 @@ def test_left_padding_bias_head_scale():
 def test_per_head_mask_and_key_mask():
     q, k, v = qkv(lq=19, seed=3)
     g = torch.Generator().manual_seed(4)
-    check(q, k, v, mask=torch.rand(1, 4, 19, 19, generator=g) > 0.3,
-          stats=StatsRequest(received=True, entropy=True))
-    check(q, k, v, mask=torch.rand(1, 1, 1, 19, generator=g) > 0.3, causal=False,
-          stats=StatsRequest(received=True, argmax=True))
+    check(
+        q,
+        k,
+        v,
+        mask=torch.rand(1, 4, 19, 19, generator=g) > 0.3,
+        stats=StatsRequest(received=True, entropy=True),
+    )
+    check(
+        q,
+        k,
+        v,
+        mask=torch.rand(1, 1, 1, 19, generator=g) > 0.3,
+        causal=False,
+        stats=StatsRequest(received=True, argmax=True),
+    )
 
 
 @interpreted
@@ -148,8 +159,13 @@ def test_half_inputs_and_odd_head_dim():
     q, k, v = qkv(lq=19, d=24, seed=7)
     check(q, k, v, stats=StatsRequest(entropy=True, received=True))
     q, k, v = qkv(lq=19, dtype=torch.float16, seed=8)
-    res = check(q, k, v, stats=StatsRequest(entropy=True, received=True),
-                tolerances=dict(atol=2e-2, rtol=2e-2, stat_atol=2e-3))
+    res = check(
+        q,
+        k,
+        v,
+        stats=StatsRequest(entropy=True, received=True),
+        tolerances=dict(atol=2e-2, rtol=2e-2, stat_atol=2e-3),
+    )
     assert res.output.dtype == torch.float16
 
 
@@ -159,7 +175,7 @@ def test_half_inputs_and_odd_head_dim():
     reason="needs CUDA and compiled (non-interpreted) triton",
 )
 def test_gpu_matches_torch_path_and_timing():
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     q, k, v = (t.cuda() for t in qkv(h=9, hkv=3, lq=1024, d=64))
     st = replace(StatsRequest.all(), spans=((0, 4), (100, 300)))
@@ -185,7 +201,9 @@ def test_gpu_matches_torch_path_and_timing():
     sdpa = best(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     out_only = best(lambda: attention(q, k, v, backend="triton"))
     all_stats = best(lambda: attention(q, k, v, stats=StatsRequest.all(), backend="triton"))
-    print(f"\nGPU L=4096 fp16: sdpa {sdpa * 1e3:.2f} ms, triton output {out_only * 1e3:.2f} ms "
-          f"({out_only / sdpa:.2f}x), output+all stats {all_stats * 1e3:.2f} ms "
-          f"({all_stats / sdpa:.2f}x)")
+    print(
+        f"\nGPU L=4096 fp16: sdpa {sdpa * 1e3:.2f} ms, triton output {out_only * 1e3:.2f} ms "
+        f"({out_only / sdpa:.2f}x), output+all stats {all_stats * 1e3:.2f} ms "
+        f"({all_stats / sdpa:.2f}x)"
+    )
     assert all_stats < 20 * sdpa  # loose: a sanity bound, the numbers are printed above
