@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.analyzers import classic, sinks  # noqa: F401  (register analyzers)
+from workbench.analyzers import atlas, attribution, classic, sinks  # noqa: F401  (register)
 from workbench.analyzers.base import (
     ANALYZERS,
     Analyzer,

@@ -315,7 +315,10 @@ def attribute(
         writes = torch.einsum("hd,hdm->hm", z[0, -1].double(), w_o)  # (H, d)
         dla[layer] = writes @ direction.to(writes.device)
         g = grads[layer + 1].reshape(1, -1, n_heads, dim).double()
-        delta = -z.double() if baseline == "zero" else z_base[layer].double() - z.double()
+        if baseline == "zero":
+            delta = -z.double()
+        else:
+            delta = z_base[layer].to(z.device).double() - z.double()
         ap[layer] = (g * delta).sum(dim=(0, 1, 3)).cpu()
     return HeadAttribution(float(value.detach()), dla.cpu(), ap, norm_check)
 
