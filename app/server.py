@@ -1,102 +1,87 @@
-"""Dash app entry point. For now one view: prompt -> one head's attention heatmap.
+"""Dash app entry point: ``workbench app`` -> :func:`serve`; tests, notebooks -> :func:`create_app`.
 
-The full app (explorer grid, head atlas, interventions) is the app issue; this page already goes
-through the same public API a notebook uses (``workbench.load_model`` / ``run_capture``).
+The app imports only the public ``workbench`` API. One loaded model is shared read-only by all
+sessions (loading per request would be far too slow): :func:`get_model` keeps it in a
+module-level cache keyed by model name that is filled once and never changed per session.
+Forward passes run in background callbacks (:class:`dash.DiskcacheManager`), in processes forked
+from the server, so the page stays responsive and jobs can report progress and be cancelled.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+
 import dash
-import plotly.graph_objects as go
-from dash import Input, Output, State, dcc, html
+import diskcache
 
 import workbench
-from workbench.errors import WorkbenchError
+from app.callbacks import register
+from app.layout import make_layout
+from app.state import SessionStore
+from workbench import analyzers
+
+ASSETS = Path(__file__).parent / "assets"
 
 
-def heatmap_figure(tokens: list[str], attention, title: str) -> go.Figure:
-    """Query x key heatmap with token labels; hover shows query, key and weight."""
-    labels = [f"{i}:{t!r}"[:24] for i, t in enumerate(tokens)]
-    fig = go.Figure(
-        go.Heatmap(
-            z=attention,
-            x=labels,
-            y=labels[-len(attention) :],
-            colorscale="Blues",
-            zmin=0.0,
-            zmax=1.0,
-            colorbar={"title": "weight"},
-            hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
-        )
+@functools.lru_cache(maxsize=2)
+def get_model(name: str | None = None) -> workbench.LoadedModel:
+    """The loaded model ``name`` (None = embedded SmolLM2), loaded once per process."""
+    return workbench.load_model(name)
+
+
+def default_job_threads() -> int:
+    """Torch threads per background job (``WORKBENCH_APP_THREADS``, default 1).
+
+    Jobs are forked from the server; torch's OpenMP pool does not survive a fork once the
+    parent has used it, so a forked job with more than one thread can hang. One thread per job
+    is safe; several sessions' jobs then run on separate cores.
+    """
+    try:
+        return max(1, int(os.environ.get("WORKBENCH_APP_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
+def create_app(
+    lm: workbench.LoadedModel,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    job_threads: int | None = None,
+) -> dash.Dash:
+    """Build the Dash app around one loaded model.
+
+    Args:
+        lm: the model every view uses (read only).
+        cache_dir: where background-job results and per-session arrays go (default: a new
+            temporary directory, so separate app instances never share entries).
+        job_threads: torch threads per background job (default :func:`default_job_threads`).
+    """
+    root = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="workbench-app-"))
+    root.mkdir(parents=True, exist_ok=True)
+    manager = dash.DiskcacheManager(diskcache.Cache(str(root / "jobs")))
+    store = SessionStore(str(root / "sessions"))
+    app = dash.Dash(
+        __name__,
+        title="Attention workbench",
+        assets_folder=str(ASSETS),
+        background_callback_manager=manager,
+        suppress_callback_exceptions=True,
+        update_title=None,
     )
-    fig.update_layout(
-        title=title, yaxis={"autorange": "reversed"}, margin={"l": 120, "b": 120}, height=640
-    )
-    return fig
-
-
-def create_app(lm: workbench.LoadedModel) -> dash.Dash:
-    """Build the Dash app around one loaded model."""
-    app = dash.Dash(__name__, title="Attention workbench")
-    info = lm.info
-    app.layout = html.Div(
-        style={"fontFamily": "sans-serif", "maxWidth": "1100px", "margin": "auto"},
-        children=[
-            html.H2("Attention-head workbench"),
-            html.P(
-                f"{info.name}: {info.architecture}, {info.n_layers} layers x {info.n_heads} "
-                f"query heads ({info.n_kv_heads} KV heads), context {info.max_context}",
-                id="model-info",
-            ),
-            dcc.Textarea(
-                id="prompt",
-                value="The cat sat on the mat. The cat sat on the",
-                style={"width": "100%", "height": "80px"},
-            ),
-            html.Div(
-                [
-                    html.Label("layer "),
-                    dcc.Input(id="layer", type="number", value=0, min=0, step=1),
-                    html.Label(" head "),
-                    dcc.Input(id="head", type="number", value=0, min=0, step=1),
-                    dcc.Checklist(
-                        id="chat",
-                        options=[{"label": " chat template", "value": "chat"}],
-                        value=[],
-                        inline=True,
-                    ),
-                    html.Button("Run", id="run", n_clicks=0),
-                ],
-                style={"display": "flex", "gap": "8px", "alignItems": "center"},
-            ),
-            html.Div(id="error", style={"color": "#b00020", "margin": "8px 0"}),
-            dcc.Loading(dcc.Graph(id="heatmap")),
-        ],
-    )
-
-    @app.callback(
-        Output("heatmap", "figure"),
-        Output("error", "children"),
-        Input("run", "n_clicks"),
-        State("prompt", "value"),
-        State("layer", "value"),
-        State("head", "value"),
-        State("chat", "value"),
-    )
-    def run(_n, prompt, layer, head, chat):
-        try:
-            layer, head = int(layer or 0), int(head or 0)
-            hid = lm.head_id(layer, head)
-            enc, rec = lm.run_capture(prompt or "", chat=bool(chat), layers=[layer], heads=[head])
-            fig = heatmap_figure(enc.tokens, rec.map(layer, head).numpy(), f"attention of {hid}")
-            return fig, ""
-        except WorkbenchError as exc:
-            return dash.no_update, f"error: {exc}"
-
+    app.layout = make_layout(lm.info, analyzers.list_analyzers())
+    register(app, lm, store, job_threads=job_threads or default_job_threads())
     return app
 
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8050, debug=False):
     """Load ``model`` and serve the app (bound to 127.0.0.1 unless told otherwise)."""
-    lm = workbench.load_model(model)
-    create_app(lm).run(host=host, port=port, debug=debug)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not every progress poll
+    lm = get_model(model)
+    app = create_app(lm)
+    print(f"Attention workbench on http://{host}:{port}/  ({lm.info.name})", flush=True)
+    app.run(host=host, port=port, debug=bool(debug), use_reloader=False)

@@ -1,6 +1,7 @@
 """Side-by-side timings at SmolLM2-135M layer shapes (B=1, H=9, Hkv=3, D=64, fp32, causal).
 
-Run: ``python -m kernels.bench_kernels [--lengths 1024 4096] [--repeats 7] [--peak 32768]``.
+Run: ``python -m kernels.bench_kernels [--lengths 1024 4096] [--repeats 7] [--threads N]
+[--peak 32768]``.
 
 Prints, per length, plain ``F.scaled_dot_product_attention`` (GQA), our output-only call,
 our output + all statistics call (``StatsRequest.all()``), and their ratios to SDPA. Timings
@@ -96,12 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--peak", type=int, default=0, help="also measure peak memory at this L")
     ap.add_argument("--peak-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.peak_child:
         _peak_child(args.peak_child)
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(
         f"B={B} H={H} Hkv={HKV} D={D} fp32 causal, device={args.device}, "
         f"threads={torch.get_num_threads()}, min of {args.repeats}"

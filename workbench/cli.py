@@ -1,4 +1,4 @@
-"""The ``workbench`` command line: info, capture, generate, scan, bench, app.
+"""The ``workbench`` command line: info, capture, generate, scan, bench, report, app.
 
 Every user error is a :class:`~workbench.errors.WorkbenchError` printed as one line
 (``error: ...``) with exit status 2; nothing prints a traceback for bad input.
@@ -241,6 +241,90 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_report_prompts(path: str) -> list[dict]:
+    """Prompt items of ``--prompts`` (text or JSONL); errors name the file and the line."""
+    from workbench.analyzers import load_prompt_file
+    from workbench.errors import WorkbenchError
+
+    file = Path(path)
+    if file.is_file():
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise WorkbenchError(f"cannot read prompt file {file}: {exc}") from None
+        for number, line in enumerate(raw.splitlines(), start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise WorkbenchError(
+                    f"{file}, line {number}: not valid UTF-8 text ({exc.reason} at byte "
+                    f"{exc.start})"
+                ) from None
+    return load_prompt_file(file)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import logging
+
+    from workbench.errors import WorkbenchError
+    from workbench.report import ReportConfig, run_report
+    from workbench.report.plan import ModelSpec
+
+    logger = logging.getLogger("workbench.report")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s report: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    from workbench.analyzers import ANALYZERS
+
+    if args.analyzers:
+        analyzers = [a.strip() for a in args.analyzers.split(",") if a.strip()]
+    else:
+        analyzers = sorted(ANALYZERS)
+    unknown = [a for a in analyzers if a not in ANALYZERS]
+    if unknown:
+        raise WorkbenchError(
+            f"--analyzers: unknown analyzer(s) {', '.join(map(repr, unknown))}; known: "
+            f"{', '.join(sorted(ANALYZERS))}"
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise WorkbenchError(f"--out {out} is a file; give a folder (new or a report's)")
+    if args.executor != "ray" and (args.address or args.num_gpus):
+        raise WorkbenchError("--address/--num-gpus need --executor ray")
+    prompts = read_report_prompts(args.prompts) if args.prompts else None
+    config = ReportConfig(
+        models=[ModelSpec(m, args.dtype, args.device) for m in (args.model or [None])],
+        analyzers=analyzers,
+        out=str(out),
+        prompts=prompts,
+        prompts_source=str(Path(args.prompts).resolve()) if args.prompts else None,
+        shard_size=args.shard_size,
+        top_k=args.top_k,
+        draws=args.draws,
+        seed=args.seed,
+        causal=not args.no_causal,
+        n_prompts=args.n_prompts,
+        examples=args.examples,
+        executor=args.executor,
+        address=args.address,
+        workers=args.workers,
+        num_gpus=args.num_gpus,
+        force=args.force,
+        quiet=args.quiet,
+        png=not args.no_png,
+    )
+    summary = run_report(config)
+    counts = summary["counts"]
+    print(
+        f"wrote {out}: {counts['heads_rows']} head rows, {counts['units']} units "
+        f"({counts['units_computed_this_run']} computed, {counts['units_reused']} reused) "
+        f"in {summary['timings']['compute_s']:.1f} s"
+    )
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     from app.server import serve
 
@@ -305,6 +389,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="FILE.csv or FILE.parquet")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("report", help="batch head-attribution report (resumable; serial or Ray)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="model (repeat for a side-by-side comparison; default: embedded SmolLM2)",
+    )
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (on the workers)")
+    p.add_argument("--analyzers", default=None, help="comma-separated names (default: all)")
+    p.add_argument("--prompts", default=None, help="text file (one prompt a line) or JSONL")
+    p.add_argument("--out", required=True, help="report folder (created; resumed when it exists)")
+    p.add_argument("--shard-size", type=int, default=4, help="prompts per unit of work")
+    p.add_argument("--top-k", type=int, default=5, help="k of the top-k causal checks")
+    p.add_argument("--draws", type=int, default=3, help="random-k control sets")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-prompts", type=int, default=None, help="size of default tasks")
+    p.add_argument("--examples", type=int, default=2, help="example maps per analyzer")
+    p.add_argument("--no-causal", action="store_true", help="skip the causal checks")
+    p.add_argument("--executor", default="serial", choices=["serial", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers (actors)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray worker")
+    p.add_argument("--force", action="store_true", help="discard a report made differently")
+    p.add_argument("--no-png", action="store_true", help="skip figures/*.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("app", help="serve the Dash app")
     p.add_argument("--model", default=None, help="model (default: embedded SmolLM2)")

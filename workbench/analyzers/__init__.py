@@ -12,11 +12,20 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.analyzers import atlas, attribution, classic, sinks  # noqa: F401  (register)
+from workbench.analyzers import (  # noqa: F401  (register)
+    atlas,
+    attribution,
+    classic,
+    contextual,
+    retrieval,
+    safety,
+    sinks,
+)
 from workbench.analyzers.base import (
     ANALYZERS,
     Analyzer,
     AnalyzerError,
+    Progress,
     Scan,
     get_analyzer,
     head_frame,
@@ -27,8 +36,18 @@ from workbench.analyzers.causal import causal_evidence, random_heads_like
 from workbench.analyzers.prompts import PromptFileError, as_items, load_prompt_file
 
 
-def analyze(name: str, lm, prompts=None, *, progress: bool = True, **params: Any) -> pd.DataFrame:
-    """Run the analyzer registered as ``name`` on ``lm``; see :class:`Analyzer`."""
+def analyze(
+    name: str,
+    lm,
+    prompts=None,
+    *,
+    progress: Progress = True,
+    **params: Any,
+) -> pd.DataFrame:
+    """Run the analyzer registered as ``name`` on ``lm``; see :class:`Analyzer`.
+
+    ``progress``: tqdm bar (True), none (False) or ``progress(desc, done, total)``.
+    """
     return get_analyzer(name).run(lm, prompts, progress=progress, **params)
 
 

@@ -38,6 +38,7 @@ from workbench.analyzers import classic, sinks  # noqa: F401  (register the chea
 from workbench.analyzers.base import (
     Analyzer,
     AnalyzerError,
+    Progress,
     Scan,
     check_positive_int,
     get_analyzer,
@@ -83,7 +84,7 @@ def frame_feature(lm, name: str, df: pd.DataFrame, column: str = "score") -> np.
     return out
 
 
-def attention_statistics(lm, prompts: Sequence[str], progress: bool) -> tuple[dict, Scan]:
+def attention_statistics(lm, prompts: Sequence[str], progress: Progress) -> tuple[dict, Scan]:
     """Per-head mean entropy and mean attention distance over the queries (>= 1) of
     ``prompts``, averaged over prompts, from the kernels' statistics (no maps)."""
     n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
@@ -153,13 +154,14 @@ class AtlasAnalyzer(Analyzer):
 
     name = "atlas"
     summary = "clusters heads by their analyzer scores and attention statistics; 2-D map"
+    uses_frames = True
 
     def run(
         self,
         lm,
         prompts=None,
         *,
-        progress: bool = True,
+        progress: Progress = True,
         frames: Mapping[str, pd.DataFrame] | None = None,
         compute_missing: bool = True,
         features: Sequence[str] | None = None,

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from workbench.analyzers.base import (
     Analyzer,
     AnalyzerError,
+    Progress,
     Scan,
     check_positive_int,
     head_frame,
@@ -424,7 +425,7 @@ class AttributionAnalyzer(Analyzer):
         lm,
         prompts=None,
         *,
-        progress: bool = True,
+        progress: Progress = True,
         metric: str | Callable[[Tensor, dict], Tensor] = "logit_diff",
         baseline: str = "zero",
         n_prompts: int | None = None,

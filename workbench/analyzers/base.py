@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,6 +22,9 @@ from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
 from workbench.heads import head_id
+
+Progress = bool | Callable[[str, int, int], None]
+"""A tqdm bar (True), nothing (False), or a callback ``progress(desc, done, total)``."""
 
 
 class AnalyzerError(WorkbenchError):
@@ -38,10 +41,34 @@ class Analyzer(ABC):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # How batch reports (workbench.report) split the work; the defaults suit any analyzer.
+    shard_rule: ClassVar[str | None] = None
+    """``"mean"``: ``score`` and every evidence column are means over prompts, so prompt shards
+    merge by a ``prompts_used``-weighted mean (:meth:`merge`), and ``run`` accepts
+    ``ranking=[(layer, head), ...]`` to run only its causal step's ranking from a merged table.
+    ``None``: the report runs the analyzer as one unit of work."""
+    item_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields each prompt item needs besides ``prompt`` (a report gives user prompts lacking
+    them to the analyzer's default task instead)."""
+    uses_frames: ClassVar[bool] = False
+    """``run`` takes ``frames={name: df}`` of other analyzers (the atlas)."""
+    causal_prompts: ClassVar[int] = 0
+    """For ``shard_rule="mean"``: the causal metric reads only this many leading prompts."""
 
     @abstractmethod
-    def run(self, lm, prompts=None, *, progress: bool = True, **params: Any) -> pd.DataFrame:
+    def run(self, lm, prompts=None, *, progress: Progress = True, **params: Any) -> pd.DataFrame:
         """Score every head; see the class docstring."""
+
+    def default_items(self, lm, **params: Any) -> list[Any] | None:
+        """The prompt items of the default task when it is a fixed list (so a report can shard
+        it), else None."""
+        return None
+
+    def merge(self, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+        """Merge shard tables of a ``shard_rule="mean"`` analyzer: numeric columns become the
+        ``prompts_used``-weighted mean, counts in ``attrs`` add up, other attrs come from the
+        first shard. Analyzers with boolean flag columns override this to recompute them."""
+        return merge_mean_frames(frames)
 
 
 ANALYZERS: dict[str, type[Analyzer]] = {}
@@ -111,11 +138,15 @@ class Scan:
 
     ``KeyboardInterrupt`` raised inside the block is swallowed and recorded, so the analyzer
     can still build its DataFrame from the prompts that finished (``attrs["interrupted"]``).
+
+    ``progress``: ``True`` for a tqdm bar, ``False`` for none, or a callable
+    ``progress(desc, done, total)`` called at the start and after every item (the app's job
+    runner and the report use this to forward progress without parsing terminal output).
     """
 
     items: list[Any]
     desc: str
-    progress: bool = True
+    progress: Progress = True
     done: int = 0
     interrupted: bool = False
     seconds: float = 0.0
@@ -125,15 +156,24 @@ class Scan:
     def __enter__(self) -> Scan:
         self._start = time.perf_counter()
         self._bar = tqdm(
-            total=len(self.items), desc=self.desc, disable=not self.progress, leave=False
+            total=len(self.items),
+            desc=self.desc,
+            disable=callable(self.progress) or not self.progress,
+            leave=False,
         )
+        self._report()
         return self
+
+    def _report(self) -> None:
+        if callable(self.progress):
+            self.progress(self.desc, self.done, len(self.items))
 
     def __iter__(self) -> Iterator[Any]:
         for item in self.items:
             yield item
             self.done += 1
             self._bar.update(1)
+            self._report()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._bar.close()
@@ -150,6 +190,44 @@ class Scan:
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 3),
         }
+
+
+SUMMED_ATTRS = ("prompts_total", "prompts_used", "prompts_passed", "seconds")
+
+
+def merge_mean_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """``prompts_used``-weighted mean of the numeric columns of per-prompt-mean head tables
+    (same heads, same order); see :meth:`Analyzer.merge`."""
+    if not frames:
+        raise ValueError("no frames to merge")
+    weights = np.array([float(f.attrs.get("prompts_used", 0)) for f in frames])
+    if weights.sum() <= 0:
+        raise ValueError("no shard used any prompt")
+    first = frames[0]
+    flags = [c for c in first.columns if first[c].dtype == bool]
+    if flags:
+        raise NotImplementedError(f"boolean columns {flags}: override Analyzer.merge")
+    out = first.copy()
+    keys = ("layer", "head", "head_id")
+    for frame in frames[1:]:
+        if not frame[list(keys)].equals(first[list(keys)]):
+            raise ValueError("shard tables cover different heads")
+    for col in first.columns:
+        if col in keys or not pd.api.types.is_numeric_dtype(first[col]):
+            continue
+        stacked = np.stack([f[col].to_numpy(dtype=np.float64) for f in frames])
+        out[col] = (weights @ stacked) / weights.sum()
+    attrs = dict(first.attrs)
+    for key in SUMMED_ATTRS:
+        if all(key in f.attrs for f in frames):
+            attrs[key] = sum(f.attrs[key] for f in frames)
+    if "seconds" in attrs:
+        attrs["seconds"] = round(float(attrs["seconds"]), 3)
+    attrs["interrupted"] = any(f.attrs.get("interrupted", False) for f in frames)
+    attrs["shards"] = len(frames)
+    attrs.pop("causal", None)
+    out.attrs = attrs
+    return out
 
 
 def require_done(scan: Scan, what: str) -> None:

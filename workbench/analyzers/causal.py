@@ -20,22 +20,36 @@ Metric = Callable[[Any], float]
 
 
 def random_heads_like(
-    heads: Sequence[tuple[int, int]], n_heads: int, generator: torch.Generator
+    heads: Sequence[tuple[int, int]],
+    n_heads: int,
+    generator: torch.Generator,
+    n_layers: int | None = None,
 ) -> list[tuple[int, int]]:
     """For each head, a random head of the same layer, none of them in ``heads``, no repeats.
 
     Keeps the layer distribution of the top-k set, as a fair control must: ablating late-layer
-    heads is not comparable with ablating early ones.
+    heads is not comparable with ablating early ones. When a layer has no free head left (the
+    top set holds nearly all of it), the draw moves to the nearest layer with one (the layer
+    below first on equal distance); ``n_layers`` bounds that search (default: the highest layer
+    in ``heads`` + 1).
     """
     taken = set(heads)
+    top_layer = max((layer for layer, _ in heads), default=0)
+    n_layers = top_layer + 1 if n_layers is None else n_layers
     out: list[tuple[int, int]] = []
     for layer, _ in heads:
-        free = [h for h in range(n_heads) if (layer, h) not in taken]
-        if not free:  # every head of the layer is in the top set: draw from any layer
-            raise ValueError(f"layer {layer} has no head outside the top set to draw from")
+        free: list[tuple[int, int]] = []
+        for distance in range(n_layers):
+            for near in (layer - distance, layer + distance):
+                if 0 <= near < n_layers and not free:
+                    free = [(near, h) for h in range(n_heads) if (near, h) not in taken]
+            if free:
+                break
+        if not free:
+            raise ValueError("every head is in the top set: no random heads to draw")
         pick = free[int(torch.randint(len(free), (1,), generator=generator))]
-        taken.add((layer, pick))
-        out.append((layer, pick))
+        taken.add(pick)
+        out.append(pick)
     return out
 
 
@@ -68,7 +82,7 @@ def causal_evidence(
     gen = torch.Generator().manual_seed(seed)
     random_values, random_sets = [], []
     for _ in range(draws):
-        heads = random_heads_like(top, lm.info.n_heads, gen)
+        heads = random_heads_like(top, lm.info.n_heads, gen, lm.info.n_layers)
         with make_intervention(mode, lm, heads=heads, **mode_params):
             random_values.append(float(metric(lm)))
         random_sets.append([head_id(*h) for h in heads])

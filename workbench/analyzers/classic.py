@@ -7,6 +7,7 @@ prompts. These need the full pattern of every head, so they capture maps (short 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -14,6 +15,7 @@ import torch
 
 from workbench.analyzers.base import (
     Analyzer,
+    Progress,
     Scan,
     check_positive_int,
     head_frame,
@@ -85,13 +87,30 @@ class PatternAnalyzer(Analyzer):
 
     pattern_fn: ClassVar[Any]
     default_task: ClassVar[str] = "corpus"
+    shard_rule = "mean"
+    causal_prompts = 4
+
+    def default_items(
+        self,
+        lm,
+        *,
+        n_prompts: int = 8,
+        prompt_tokens: int = 64,
+        n_words: int = 20,
+        seed: int = 0,
+        **_: Any,
+    ) -> list[Any]:
+        """The default task's prompts (repeated word sequences or corpus windows)."""
+        if self.default_task == "repeated":
+            return as_items(repeated_word_prompts(lm, n_prompts, n_words, seed))
+        return as_items(corpus_windows(lm, n_prompts, prompt_tokens))
 
     def run(
         self,
         lm,
         prompts=None,
         *,
-        progress: bool = True,
+        progress: Progress = True,
         n_prompts: int = 8,
         prompt_tokens: int = 64,
         n_words: int = 20,
@@ -101,15 +120,16 @@ class PatternAnalyzer(Analyzer):
         top_k: int = 5,
         draws: int = 3,
         seed: int = 0,
+        ranking: Sequence[tuple[int, int]] | None = None,
         **_: Any,
     ) -> pd.DataFrame:
+        """``ranking``: heads for the causal check, best first (default: this run's top-k)."""
         n_prompts = check_positive_int("n_prompts", n_prompts)
         items = as_items(prompts)
         if not items:
-            if self.default_task == "repeated":
-                items = as_items(repeated_word_prompts(lm, n_prompts, n_words, seed))
-            else:
-                items = as_items(corpus_windows(lm, n_prompts, prompt_tokens))
+            items = self.default_items(
+                lm, n_prompts=n_prompts, prompt_tokens=prompt_tokens, n_words=n_words, seed=seed
+            )
         n_layers = lm.info.n_layers
         total = torch.zeros(n_layers, lm.info.n_heads, dtype=torch.float64)
         encodings = []
@@ -148,7 +168,7 @@ class PatternAnalyzer(Analyzer):
             starts = [e.n_tokens // 2 for e in encodings] if self.default_task == "repeated" else 0
             df.attrs["causal"] = causal_evidence(
                 lm,
-                top_heads(df, top_k),
+                top_heads(df, top_k) if ranking is None else [tuple(h) for h in ranking],
                 lambda m: mean_next_token_loss(m, encodings[:4], starts[:4] if starts else 0),
                 metric_name=(
                     "loss on the repeated half (nats)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -10,9 +11,11 @@ import torch
 
 from workbench.analyzers.base import (
     Analyzer,
+    Progress,
     Scan,
     check_positive_int,
     head_frame,
+    merge_mean_frames,
     register_analyzer,
     require_done,
     top_heads,
@@ -55,13 +58,42 @@ class SinkAnalyzer(Analyzer):
 
     name = "sinks"
     summary = "first-token sink heads (Gu et al.) and hidden sinks (ACT)"
+    shard_rule = "mean"
+    causal_prompts = 4
+
+    def default_items(
+        self, lm, *, n_prompts: int = 16, prompt_tokens: int = 64, **_: Any
+    ) -> list[Any]:
+        """The default task's prompts: consecutive corpus windows."""
+        return as_items(corpus_windows(lm, n_prompts, prompt_tokens))
+
+    def merge(self, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+        """Weighted means of the shards, then ``is_sink_head`` / ``sink_rate`` recomputed from
+        the merged score and the hidden-sink token counts added up (each shard keeps its
+        top 25 tokens, so the merged list is exact for tokens in every shard's top 25)."""
+        flags = [f.drop(columns="is_sink_head") for f in frames]
+        for flat, frame in zip(flags, frames, strict=True):
+            flat.attrs = dict(frame.attrs)
+        out = merge_mean_frames(flags)
+        threshold = float(out.attrs["params"]["first_threshold"])
+        is_sink = out["score"] > threshold
+        out.insert(out.columns.get_loc("score") + 1, "is_sink_head", is_sink)
+        out.attrs["sink_rate"] = float(is_sink.mean())
+        counts: Counter[str] = Counter()
+        for frame in frames:
+            for entry in frame.attrs.get("hidden_sink_tokens", []):
+                counts[entry["token"]] += int(entry["count"])
+        out.attrs["hidden_sink_tokens"] = [
+            {"token": t, "count": c} for t, c in counts.most_common(25)
+        ]
+        return out
 
     def run(
         self,
         lm,
         prompts=None,
         *,
-        progress: bool = True,
+        progress: Progress = True,
         n_prompts: int = 16,
         prompt_tokens: int = 64,
         first_threshold: float = FIRST_TOKEN_THRESHOLD,
@@ -70,8 +102,10 @@ class SinkAnalyzer(Analyzer):
         top_k: int = 5,
         draws: int = 3,
         seed: int = 0,
+        ranking: Sequence[tuple[int, int]] | None = None,
         **_: Any,
     ) -> pd.DataFrame:
+        """``ranking``: heads for the causal check, best first (default: this run's top-k)."""
         n_prompts = check_positive_int("n_prompts", n_prompts)
         prompt_tokens = check_positive_int("prompt_tokens", prompt_tokens, minimum=2)
         items = as_items(prompts) or as_items(corpus_windows(lm, n_prompts, prompt_tokens))
@@ -128,7 +162,7 @@ class SinkAnalyzer(Analyzer):
         if causal and not scan.interrupted:
             df.attrs["causal"] = causal_evidence(
                 lm,
-                top_heads(df, top_k),
+                top_heads(df, top_k) if ranking is None else [tuple(h) for h in ranking],
                 lambda m: mean_next_token_loss(m, encodings[:4]),
                 metric_name="mean next-token loss (nats)",
                 k=top_k,

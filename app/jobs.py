@@ -1,0 +1,341 @@
+"""The model work behind the app's background callbacks, through the public workbench API.
+
+Every function here runs inside a background-callback process (forked from the server by
+:class:`dash.DiskcacheManager`), takes the shared read-only :class:`workbench.LoadedModel`, and
+returns plain JSON-able values; bulky arrays go to the :class:`~app.state.SessionStore`.
+Hooks that probes and interventions attach live only in that forked copy of the model, so
+sessions never see each other's interventions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import io
+import json
+import math
+import re
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+import torch
+
+import workbench
+from app.figures import pooled_to_mass, regroup_mass
+from app.state import SessionStore
+from workbench import analyzers
+from workbench import interventions as iv
+
+Report = Callable[[str], None]
+
+#: Prompts up to this many tokens keep the full map of every head (clicks are then instant).
+FULL_MAP_TOKENS = 256
+#: The pooled overview of one head has at most this many blocks per side.
+OVERVIEW_CELLS = 64
+#: Thumbnails in the all-heads grid have at most this many pooled cells per side.
+THUMB_CELLS = 16
+#: Ablation / steering modes of the Intervene view.
+MODES = {
+    "zero": "zero ablation (head output = 0)",
+    "mean": "mean ablation (output = mean over reference prompts)",
+    "uniform": "uniform ablation (query x 1e-5: attention spread evenly)",
+    "pasta": "PASTA: emphasize a span of the prompt",
+    "act": "ACT: scale attention to hidden sinks by beta",
+    "focus": "focus directions (from a .safetensors file)",
+}
+DEFAULT_REFERENCE = (
+    "The old lighthouse keeper climbed the stairs every evening.\n"
+    "Water boils at one hundred degrees Celsius at sea level.\n"
+    "She packed her bag, locked the door and walked to the station."
+)
+
+_HEAD_ALL = re.compile(r"^\s*L(\d+)H\*\s*$", re.IGNORECASE)
+
+
+def setup_worker(threads: int) -> None:
+    """Per-job process setup. Forked children must stay single-threaded when the parent has
+    already used OpenMP (torch's CPU thread pool does not survive a fork). ``kill -USR1`` on a
+    job process prints its Python stack to the server's stderr (to diagnose a stuck job)."""
+    torch.set_num_threads(max(1, int(threads)))
+    with contextlib.suppress(AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+
+
+# -- heads -----------------------------------------------------------------------------------
+def parse_head_list(lm, text: str | None) -> list[tuple[int, int]]:
+    """``"L5H3, L7H1 L2H*"`` -> validated ``[(5, 3), (7, 1), (2, 0), ..., (2, H-1)]``.
+
+    ``L2H*`` means every head of layer 2. Raises :class:`workbench.WorkbenchError` subclasses
+    (bad syntax, layer or head out of range) with the user-readable message.
+    """
+    parts = [p for p in re.split(r"[,\s;]+", text or "") if p]
+    if not parts:
+        raise workbench.WorkbenchError(
+            "no heads given: write head ids like L5H3, L7H1 (L5H* = every head of layer 5)"
+        )
+    out: list[tuple[int, int]] = []
+    for part in parts:
+        m = _HEAD_ALL.match(part)
+        if m:
+            layer = int(m.group(1))
+            lm.head_id(layer, 0)
+            heads = [(layer, h) for h in range(lm.info.n_heads)]
+        else:
+            head = workbench.parse_head(part)
+            lm.head_id(head.layer, head.head)
+            heads = [(head.layer, head.head)]
+        out.extend(h for h in heads if h not in out)
+    return out
+
+
+def format_heads(heads: list[tuple[int, int]]) -> str:
+    return ", ".join(workbench.head_id(a, b) for a, b in heads)
+
+
+def top_heads_from_records(records: list[dict[str, Any]], k: int) -> list[tuple[int, int]]:
+    """The ``k`` highest-scoring heads of an analyzer table (records with layer/head/score)."""
+    rows = [r for r in records if r.get("score") is not None and math.isfinite(r["score"])]
+    rows.sort(key=lambda r: r["score"], reverse=True)
+    return [(int(r["layer"]), int(r["head"])) for r in rows[: max(0, int(k))]]
+
+
+# -- prompt runs -----------------------------------------------------------------------------
+def run_prompt(
+    lm,
+    store: SessionStore,
+    session: str,
+    prompt: str,
+    *,
+    chat: bool,
+    new_tokens: int = 0,
+    previous_run: str | None = None,
+    report: Report = lambda _m: None,
+) -> dict[str, Any]:
+    """Encode (optionally generate first), one forward with the statistics probe for every head
+    (block-pooled maps, sink scores) plus full maps when the prompt is short; save the arrays
+    in ``store`` and return the run's metadata (tokens, sizes) for the browser."""
+    start = time.perf_counter()
+    report("Tokenizing…")
+    enc = lm.encode(prompt, chat=chat)
+    generated = None
+    text, text_chat = prompt, chat
+    if new_tokens:
+        report(f"Generating {new_tokens} tokens…")
+        generated = lm.generate(enc, max_new_tokens=int(new_tokens))
+        if generated:
+            text, text_chat = enc.text + generated, False
+            enc = lm.encode(text, chat=False)
+    n = enc.n_tokens
+    block = max(1, math.ceil(n / OVERVIEW_CELLS))
+    full = n <= FULL_MAP_TOKENS
+    report(
+        f"Running the model on {n} tokens: head statistics"
+        + (" and full maps" if full else "")
+        + " for every head…"
+    )
+    with ExitStack() as stack:
+        stats = stack.enter_context(
+            lm.statistics(
+                received=True, entropy=False, argmax=False, distance=False, pooled_block=block
+            )
+        )
+        cap = None
+        if full:
+            cap = lm.capture(maps=True)
+            cap.check_fits(n)
+            stack.enter_context(cap)
+        lm.forward(enc)
+    n_layers = lm.info.n_layers
+    pooled = np.stack(
+        [stats.records[layer].stats["pooled"][0].float().numpy() for layer in range(n_layers)]
+    )
+    sink = np.stack(
+        [stats.records[layer].stats["sink"][0].float().numpy() for layer in range(n_layers)]
+    )
+    mass = pooled_to_mass(pooled, n, block)
+    nb = mass.shape[-1]
+    factor = max(1, math.ceil(nb / THUMB_CELLS))
+    thumbs = regroup_mass(mass, n, block, factor)
+    report("Saving…")
+    run_id = uuid.uuid4().hex[:12]
+    if previous_run:
+        store.drop_run(session, previous_run)
+    store.put(session, run_id, "mass", mass.astype(np.float16))
+    store.put(session, run_id, "thumbs", thumbs.astype(np.float16))
+    store.put(session, run_id, "sink", sink.astype(np.float16))
+    if cap is not None:
+        for layer in range(n_layers):
+            maps = cap.records[layer].maps[0].float().numpy().astype(np.float16)
+            store.put(session, run_id, f"maps/{layer}", maps)
+    return {
+        "run_id": run_id,
+        "prompt": prompt,
+        "chat": bool(chat),
+        "generated": generated,
+        "text": text,
+        "text_chat": text_chat,
+        "tokens": list(enc.tokens),
+        "n_tokens": n,
+        "full_maps": full,
+        "block": block,
+        "n_blocks": nb,
+        "thumb_block": block * factor,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def zoom_rows(
+    lm,
+    store: SessionStore,
+    session: str,
+    meta: dict[str, Any],
+    layer: int,
+    head: int,
+    start: int,
+    end: int,
+) -> dict[str, Any]:
+    """Exact attention of one head for query rows ``[start, end)`` (computed on demand)."""
+    n = meta["n_tokens"]
+    lm.head_id(layer, head)
+    start, end = max(0, int(start)), min(n, int(end))
+    if end <= start:
+        raise workbench.WorkbenchError(
+            f"the query window {start}..{end} is empty; pick rows between 0 and {n}"
+        )
+    _enc, rec = lm.run_capture(
+        meta["text"],
+        chat=meta["text_chat"],
+        layers=[layer],
+        heads=[head],
+        query_window=(start, end),
+    )
+    weights = rec.map(layer, head).float().numpy().astype(np.float16)
+    store.put(
+        session,
+        meta["run_id"],
+        "window",
+        {"layer": layer, "head": head, "start": start, "end": end, "map": weights},
+    )
+    return {"run_id": meta["run_id"], "layer": layer, "head": head, "start": start, "end": end}
+
+
+# -- analyzers -------------------------------------------------------------------------------
+def json_safe(value: Any) -> Any:
+    """Round-trip through JSON (numpy scalars, tuples, NaN -> None)."""
+
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, torch.Tensor):
+            return o.tolist()
+        return str(o)
+
+    text = json.dumps(value, default=default)
+    text = re.sub(r"\bNaN\b|-?\bInfinity\b", "null", text)
+    return json.loads(text)
+
+
+def run_analyzer(
+    lm,
+    name: str,
+    params: dict[str, Any],
+    report: Callable[[str, int, int], None],
+) -> dict[str, Any]:
+    """Run analyzer ``name`` over every head; return its table and attrs (JSON-able)."""
+    start = time.perf_counter()
+    df = analyzers.analyze(name, lm, progress=report, **params)
+    records = json.loads(df.to_json(orient="records"))
+    for r in records:
+        r["id"] = r.get("head_id")
+    return {
+        "analyzer": name,
+        "params": json_safe(params),
+        "columns": [str(c) for c in df.columns],
+        "records": records,
+        "attrs": json_safe(dict(df.attrs)),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+# -- interventions ---------------------------------------------------------------------------
+def build_intervention(
+    lm, mode: str, heads: list[tuple[int, int]], prompt: str, chat: bool, opts: dict[str, Any]
+):
+    """The intervention of the Intervene view's ``mode`` with its options."""
+    if mode == "zero":
+        return iv.ZeroAblation(lm, heads)
+    if mode == "uniform":
+        return iv.UniformAblation(lm, heads)
+    if mode == "mean":
+        refs = [line for line in (opts.get("reference") or "").splitlines() if line.strip()]
+        if not refs:
+            raise workbench.WorkbenchError(
+                "mean ablation needs reference prompts (one per line) to average head outputs over"
+            )
+        return iv.MeanAblation(lm, heads, means=iv.head_means(lm, refs))
+    if mode == "pasta":
+        emphasize = opts.get("emphasize") or ""
+        if not emphasize.strip():
+            raise workbench.WorkbenchError(
+                "PASTA needs the text to emphasize: type it, or select it in the prompt box and "
+                "press 'Use selection'"
+            )
+        alpha = float(opts.get("alpha") or 0.01)
+        return iv.pasta_on_text(lm, heads, prompt, emphasize, alpha=alpha, chat=chat)
+    if mode == "act":
+        return iv.AttentionCalibration(lm, heads, beta=float(opts.get("beta", 0.4)))
+    if mode == "focus":
+        path = (opts.get("focus_path") or "").strip()
+        if not path:
+            raise workbench.WorkbenchError(
+                "focus directions need a .safetensors file (trained by the contextual-heads "
+                "analyzer); give its path"
+            )
+        directions = iv.FocusDirectionSet.load(path)
+        return iv.FocusDirections(lm, directions, scale=float(opts.get("scale") or 0.25))
+    raise workbench.WorkbenchError(f"unknown mode {mode!r}; pick one of {', '.join(MODES)}")
+
+
+def run_intervention(
+    lm,
+    prompt: str,
+    *,
+    chat: bool,
+    heads_text: str,
+    mode: str,
+    opts: dict[str, Any],
+    targets: list[str],
+    new_tokens: int,
+    report: Report = lambda _m: None,
+) -> dict[str, Any]:
+    """Base vs intervened continuation and per-position KL / target log-prob changes."""
+    start = time.perf_counter()
+    lm.encode(prompt, chat=chat)  # the prompt's own errors first (empty, too long)
+    heads = [] if mode == "focus" else parse_head_list(lm, heads_text)
+    report("Preparing the intervention…")
+    intervention = build_intervention(lm, mode, heads, prompt, chat, opts)
+    report(f"Running base and intervened model ({new_tokens} new tokens each)…")
+    effects = iv.measure_effects(
+        lm, prompt, intervention, targets=targets, max_new_tokens=int(new_tokens), chat=chat
+    )
+    gen = effects.generations.iloc[0]
+    return {
+        "intervention": repr(intervention),
+        "mode": mode,
+        "heads": format_heads(heads) if heads else "",
+        "prompt": prompt,
+        "chat": chat,
+        "targets": targets,
+        "base_text": str(gen["base_text"]),
+        "intervened_text": str(gen["intervened_text"]),
+        "positions": json.loads(effects.positions.to_json(orient="records")),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

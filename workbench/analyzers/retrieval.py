@@ -1,0 +1,448 @@
+"""Retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context
+Factuality", arXiv:2404.15574; reference code nightdessert/Retrieval_Head).
+
+A retrieval head copies tokens from a needle hidden in a long context into the answer. On a
+needle-in-a-haystack test answered by greedy decoding, at every decoding step the head "copies"
+when its most-attended key (argmax over keys of that step's attention row) lies inside the needle
+span *and* holds the very token being emitted at that step; each copy adds ``1 / |span|``. A
+head's score on a test is the sum over the steps; its retrieval score is the mean over the tests
+the model answers correctly. Heads scoring above 0.1 are retrieval heads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from workbench.analyzers.base import (
+    Analyzer,
+    AnalyzerError,
+    Progress,
+    Scan,
+    check_positive_int,
+    head_frame,
+    register_analyzer,
+    require_done,
+    top_heads,
+)
+from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.niah import (
+    DEFAULT_DEPTHS,
+    DEFAULT_LENGTHS,
+    NiahError,
+    locate_needle,
+    make_niah_tasks,
+)
+from workbench.analyzers.prompts import as_items
+
+RETRIEVAL_THRESHOLD = 0.1  # Wu et al.: heads above it are retrieval heads
+PASS_RECALL = 0.5  # reference code: a test counts when ROUGE-1 recall of the answer > 50 %
+
+
+# -- the rule -----------------------------------------------------------------------------------
+def copy_events(
+    argmax: torch.Tensor, emitted: torch.Tensor, sequence: torch.Tensor, span: tuple[int, int]
+) -> torch.Tensor:
+    """Per-step copy events of every head: (S, L, H) bool.
+
+    Args:
+        argmax: (S, L, H) most-attended key position of each head at each decoding step (the
+            query that produces the emitted token: the last prompt position at step 0, then each
+            fed-back token).
+        emitted: (S,) the token id emitted at each step.
+        sequence: (T,) token ids of the prompt followed by the generated tokens (positions the
+            argmax can point to).
+        span: ``[start, end)`` token span of the needle (or answer) in the prompt.
+
+    Step ``s`` of head ``h`` is a copy event when ``start <= argmax[s, h] < end`` and
+    ``sequence[argmax[s, h]] == emitted[s]`` (Wu et al., top-1 as their reference code).
+    """
+    start, end = span
+    pos = argmax.long()
+    inside = (pos >= start) & (pos < end)
+    token_at = sequence.long()[pos.clamp(0, sequence.numel() - 1)]
+    return inside & (token_at == emitted.long().view(-1, *([1] * (pos.dim() - 1))))
+
+
+def retrieval_score(
+    argmax: torch.Tensor, emitted: torch.Tensor, sequence: torch.Tensor, span: tuple[int, int]
+) -> torch.Tensor:
+    """One test's retrieval score per head, ``(#copy events) / |span|``: (L, H) float64."""
+    start, end = span
+    if end <= start:
+        raise AnalyzerError(f"empty needle span {span}")
+    events = copy_events(argmax, emitted, sequence, span)
+    return events.sum(0).double() / (end - start)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def answer_recall(answer: str, response: str) -> float:
+    """ROUGE-1 recall of ``answer`` in ``response``: the share of the answer's words (lowercased
+    alphanumeric runs, counted with multiplicity) found in the response. No stemming (the
+    reference uses rouge_score with a Porter stemmer; exact words are stricter)."""
+    want = Counter(_WORD.findall(answer.lower()))
+    have = Counter(_WORD.findall(response.lower()))
+    total = sum(want.values())
+    if total == 0:
+        return 0.0
+    return sum(min(c, have[w]) for w, c in want.items()) / total
+
+
+def answered(answer: str, response: str, threshold: float = PASS_RECALL) -> bool:
+    """The reference code's pass rule: ROUGE-1 recall of the answer strictly above 0.5."""
+    return answer_recall(answer, response) > threshold
+
+
+# -- running one test ---------------------------------------------------------------------------
+class _StopAtNewline(StoppingCriteria):
+    """Stop once the last emitted token contains a newline (as the reference decoder does)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, input_ids, scores, **kwargs):
+        last = self.tokenizer.decode(input_ids[0, -1:])
+        return torch.tensor([("\n" in last)], device=input_ids.device)
+
+
+@dataclass
+class NiahRun:
+    """One needle test decoded greedily: the response, emitted ids, spans and per-step argmax."""
+
+    response: str
+    prompt_ids: torch.Tensor  # (T,)
+    emitted: torch.Tensor  # (S,)
+    argmax: torch.Tensor | None  # (S, L, H) or None when not recorded
+    needle_span: tuple[int, int]
+    answer_span: tuple[int, int]
+
+
+def _encode_item(lm, item: dict[str, Any], chat: bool, system: str | None):
+    chat = bool(item.get("chat", chat))
+    system = item.get("system", system)
+    enc = lm.encode(item["prompt"], chat=chat, system=system)
+    where = locate_needle(lm.tokenizer, enc.text, item["needle"], item.get("answer"), chat=chat)
+    if where["input_ids"] != enc.input_ids[0].tolist():  # offsets must describe these tokens
+        raise AnalyzerError("tokenizing with offsets gave other tokens than lm.encode")
+    return enc, where
+
+
+@torch.no_grad()
+def _greedy(lm, enc, max_new_tokens: int, stop_at_newline: bool) -> torch.Tensor:
+    stops = StoppingCriteriaList([_StopAtNewline(lm.tokenizer)]) if stop_at_newline else None
+    out = lm.model.generate(
+        input_ids=enc.input_ids.to(lm.device),
+        attention_mask=enc.attention_mask.to(lm.device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        stopping_criteria=stops,
+        pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
+    )
+    return out[0, enc.n_tokens :].cpu()
+
+
+def run_niah_test(
+    lm,
+    item: dict[str, Any],
+    *,
+    max_new_tokens: int = 24,
+    record: bool = True,
+    chat: bool = True,
+    system: str | None = None,
+    stop_at_newline: bool = True,
+) -> NiahRun:
+    """Decode one test greedily; with ``record``, keep every head's argmax key at every step
+    through the kernels' statistics probe (one record per decoding step, no L x L maps)."""
+    enc, where = _encode_item(lm, item, chat, system)
+    argmax = None
+    if record:
+        with lm.statistics(argmax=True, received=False, entropy=False, distance=False) as st:
+            emitted = _greedy(lm, enc, max_new_tokens, stop_at_newline)
+        recs = st.records
+        n_steps = min(recs.steps(layer) for layer in range(lm.info.n_layers))
+        if n_steps != emitted.numel():
+            raise AnalyzerError(
+                f"recorded {n_steps} decoding steps for {emitted.numel()} generated tokens"
+            )
+        argmax = torch.stack(
+            [
+                torch.stack(
+                    [recs[layer, s].stats["argmax"][0, :, -1] for layer in range(lm.info.n_layers)]
+                )
+                for s in range(n_steps)
+            ]
+        )
+    else:
+        emitted = _greedy(lm, enc, max_new_tokens, stop_at_newline)
+    response = lm.tokenizer.decode(emitted, skip_special_tokens=True).strip()
+    return NiahRun(
+        response,
+        enc.input_ids[0].cpu(),
+        emitted,
+        argmax,
+        where["needle_span"],
+        where["answer_span"],
+    )
+
+
+def niah_accuracy(
+    lm,
+    items: Sequence[dict[str, Any]],
+    *,
+    max_new_tokens: int = 24,
+    chat: bool = True,
+    system: str | None = None,
+    stop_at_newline: bool = True,
+    pass_recall: float = PASS_RECALL,
+) -> float:
+    """Share of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``)."""
+    ok = 0
+    for item in items:
+        run = run_niah_test(
+            lm,
+            item,
+            max_new_tokens=max_new_tokens,
+            record=False,
+            chat=chat,
+            system=system,
+            stop_at_newline=stop_at_newline,
+        )
+        ok += answered(item["answer"], run.response, pass_recall)
+    return ok / max(len(items), 1)
+
+
+def _check_items(items: list[dict[str, Any]]) -> None:
+    for i, item in enumerate(items):
+        for key in ("needle", "answer"):
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise AnalyzerError(
+                    f"retrieval prompt {i} has no {key!r} field: each prompt item needs the "
+                    "needle text it contains and the expected answer (JSONL fields 'prompt', "
+                    "'needle', 'answer')"
+                )
+
+
+def _spread(indices: list[int], n: int) -> list[int]:
+    if len(indices) <= n:
+        return indices
+    picks = np.linspace(0, len(indices) - 1, n).round().astype(int)
+    return [indices[i] for i in sorted(set(picks.tolist()))]
+
+
+# -- the analyzer -------------------------------------------------------------------------------
+@register_analyzer
+class RetrievalAnalyzer(Analyzer):
+    """Retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context
+    Factuality").
+
+    Task: needle-in-a-haystack tests from :func:`~workbench.analyzers.niah.make_niah_tasks`
+    (bundled corpus and needles; ``lengths`` x ``depths`` x ``n_needles``), or the user's items
+    with ``prompt``, ``needle`` (the exact needle text inside the prompt) and ``answer``. Prompts
+    go through the chat template (``chat=True``; an item's own ``chat`` field overrides).
+
+    Rule: greedy decoding (stopping at a newline or ``max_new_tokens``, as the reference code);
+    at step s, head h copies when its argmax key lies in the span and holds the emitted token;
+    a test's score is ``copies / |span|``; ``score`` = mean over the tests answered correctly
+    (ROUGE-1 recall of the answer > 0.5, the reference code's rule, without stemming; 0 when no
+    test passed). ``span="answer"`` (default) scores against the answer's tokens inside the needle
+    like the reference code (its ``real_needle``); ``span="needle"`` uses the whole needle
+    sentence. Argmax positions come from the kernels' statistics probe, one record per decoding
+    step; no L x L maps.
+
+    Evidence columns: ``is_retrieval_head`` (score > ``threshold``), ``retrieval_hits`` (mean copy
+    events per passed test), ``score_all_tests`` (mean score over every test, passed or not).
+    ``attrs``: ``tests_total``, ``tests_passed`` (also ``prompts_used``/``prompts_passed``),
+    ``per_length`` / ``per_depth`` pass counts, ``n_retrieval_heads``, ``tests`` (one entry per
+    test with its response), ``params``. Causal check: NIAH accuracy on up to ``causal_tests``
+    tests (those the model passes, spread over lengths and depths) with the top-k heads vs k
+    random same-layer heads uniform-ablated (query scaled by 1e-5), ``draws`` random sets.
+    """
+
+    name = "retrieval"
+    summary = "retrieval heads (Wu et al. 2024): copy from a needle during greedy decoding"
+    item_fields = ("needle", "answer")
+
+    def run(
+        self,
+        lm,
+        prompts=None,
+        *,
+        progress: Progress = True,
+        lengths: Sequence[int] = DEFAULT_LENGTHS,
+        depths: Sequence[float] = DEFAULT_DEPTHS,
+        n_needles: int | None = 2,
+        needles=None,
+        haystack=None,
+        seed: int = 0,
+        max_new_tokens: int = 24,
+        span: str = "answer",
+        threshold: float = RETRIEVAL_THRESHOLD,
+        pass_recall: float = PASS_RECALL,
+        chat: bool = True,
+        system: str | None = None,
+        stop_at_newline: bool = True,
+        causal: bool = True,
+        top_k: int = 5,
+        draws: int = 3,
+        causal_tests: int = 4,
+        **_: Any,
+    ) -> pd.DataFrame:
+        max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
+        top_k = check_positive_int("top_k", top_k)
+        draws = check_positive_int("draws", draws)
+        causal_tests = check_positive_int("causal_tests", causal_tests)
+        if span not in ("answer", "needle"):
+            raise AnalyzerError(f"span must be 'answer' or 'needle', got {span!r}")
+        for pname, value in (("threshold", threshold), ("pass_recall", pass_recall)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise AnalyzerError(f"{pname} must be a number in [0, 1), got {value!r}")
+        generated = prompts is None
+        if generated:
+            try:
+                items = make_niah_tasks(
+                    lm,
+                    lengths=lengths,
+                    depths=depths,
+                    n_needles=n_needles,
+                    needles=needles,
+                    haystack=haystack,
+                    seed=seed,
+                    chat=chat,
+                    system=system,
+                )
+            except NiahError as exc:
+                raise AnalyzerError(f"retrieval: {exc}") from None
+        else:
+            items = as_items(prompts)
+            if not items:
+                raise AnalyzerError("the prompt set is empty")
+            _check_items(items)
+
+        n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
+        passed_sum = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        hits_sum = torch.zeros_like(passed_sum)
+        all_sum = torch.zeros_like(passed_sum)
+        tests: list[dict[str, Any]] = []
+        passed_idx: list[int] = []
+        by_length: dict[str, Counter] = defaultdict(Counter)
+        by_depth: dict[str, Counter] = defaultdict(Counter)
+        with Scan(items, "retrieval", progress) as scan:
+            for i, item in enumerate(scan):
+                run = run_niah_test(
+                    lm,
+                    item,
+                    max_new_tokens=max_new_tokens,
+                    chat=chat,
+                    system=system,
+                    stop_at_newline=stop_at_newline,
+                )
+                s = run.answer_span if span == "answer" else run.needle_span
+                assert run.argmax is not None
+                sequence = torch.cat([run.prompt_ids, run.emitted])
+                events = copy_events(run.argmax, run.emitted, sequence, s).sum(0).double()
+                score = events / (s[1] - s[0])
+                recall = answer_recall(item["answer"], run.response)
+                ok = recall > pass_recall
+                all_sum += score
+                if ok:
+                    passed_sum += score
+                    hits_sum += events
+                    passed_idx.append(i)
+                length = str(item.get("context_length", "n/a"))
+                depth = str(item.get("depth", "n/a"))
+                by_length[length]["total"] += 1
+                by_length[length]["passed"] += int(ok)
+                by_depth[depth]["total"] += 1
+                by_depth[depth]["passed"] += int(ok)
+                tests.append(
+                    {
+                        "context_length": item.get("context_length"),
+                        "depth": item.get("depth"),
+                        "n_tokens": int(run.prompt_ids.numel()),
+                        "answer": item["answer"],
+                        "response": run.response,
+                        "recall": round(recall, 4),
+                        "passed": bool(ok),
+                        "span": list(s),
+                        "copy_events": int(events.sum()),
+                    }
+                )
+        require_done(scan, "retrieval")
+        n_passed = len(passed_idx)
+        score = passed_sum / n_passed if n_passed else torch.zeros_like(passed_sum)
+        is_retrieval = score > threshold
+        attrs: dict[str, Any] = {
+            "analyzer": self.name,
+            "params": {
+                "lengths": list(lengths) if generated else None,
+                "depths": list(depths) if generated else None,
+                "n_needles": n_needles if generated else None,
+                "needles": str(needles) if needles is not None else "bundled",
+                "haystack": str(haystack) if haystack is not None else "bundled corpus.txt",
+                "seed": seed,
+                "max_new_tokens": max_new_tokens,
+                "span": span,
+                "threshold": threshold,
+                "pass_rule": f"ROUGE-1 recall of the answer > {pass_recall} (no stemming)",
+                "chat": chat,
+                "stop_at_newline": stop_at_newline,
+            },
+            "tests_total": scan.done,
+            "tests_passed": n_passed,
+            "prompts_passed": n_passed,
+            "per_length": {k: dict(v) for k, v in by_length.items()},
+            "per_depth": {k: dict(v) for k, v in by_depth.items()},
+            "n_retrieval_heads": int(is_retrieval.sum()),
+            "tests": tests,
+            **scan.attrs(),
+        }
+        if not n_passed:
+            attrs["warning"] = "no test was answered correctly: every retrieval score is 0"
+        df = head_frame(
+            lm,
+            score,
+            {
+                "is_retrieval_head": is_retrieval,
+                "retrieval_hits": hits_sum / max(n_passed, 1),
+                "score_all_tests": all_sum / scan.done,
+            },
+            attrs,
+        )
+        if causal and not scan.interrupted and not n_passed:
+            df.attrs["causal"] = {
+                "skipped": "no NIAH test passed: accuracy is 0 with or without ablation"
+            }
+        elif causal and not scan.interrupted:
+            done = items[: scan.done]
+            subset = [done[i] for i in _spread(passed_idx or list(range(len(done))), causal_tests)]
+            df.attrs["causal"] = causal_evidence(
+                lm,
+                top_heads(df, top_k),
+                lambda m: niah_accuracy(
+                    m,
+                    subset,
+                    max_new_tokens=max_new_tokens,
+                    chat=chat,
+                    system=system,
+                    stop_at_newline=stop_at_newline,
+                    pass_recall=pass_recall,
+                ),
+                metric_name=f"NIAH accuracy on {len(subset)} tests",
+                k=top_k,
+                draws=draws,
+                seed=seed,
+                mode="uniform",
+                higher_is_better=True,
+            )
+            df.attrs["causal"]["tests"] = len(subset)
+        return df

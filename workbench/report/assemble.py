@@ -1,0 +1,122 @@
+"""From finished units to the report's tables: merged analyzer tables, the heads table and
+the causal-evidence table. Pure functions of DataFrames (no model, no files)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.analyzers import get_analyzer
+from workbench.heads import parse_heads
+
+KEYS = ["model", "layer", "head", "head_id"]
+
+
+def merge_shards(analyzer: str, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One table from an analyzer's shard tables (its own :meth:`Analyzer.merge`)."""
+    if len(frames) == 1:
+        out = frames[0].copy()
+        out.attrs = dict(frames[0].attrs)
+        return out
+    return get_analyzer(analyzer).merge(list(frames))
+
+
+def ranking(df: pd.DataFrame, k: int | None = None) -> list[tuple[int, int]]:
+    """Heads by descending score (stable: ties keep head order), the first ``k``."""
+    order = df.sort_values("score", ascending=False, kind="stable")
+    pairs = [(int(a), int(b)) for a, b in zip(order["layer"], order["head"], strict=True)]
+    return pairs if k is None else pairs[:k]
+
+
+def evidence_table(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One analyzer's tables of several models, stacked, with a leading ``model`` column."""
+    parts = []
+    for model, df in frames.items():
+        part = df.copy()
+        part.insert(0, "model", model)
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs = {}
+    return out
+
+
+def _membership(ids: Sequence[str], head_ids: pd.Series) -> np.ndarray:
+    wanted = set(ids)
+    return head_ids.isin(wanted).to_numpy()
+
+
+def heads_table(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per (model, layer, head): every analyzer's score, evidence columns and flags
+    as ``{analyzer}.{column}``, plus its rank and causal-evidence columns:
+    ``{analyzer}.rank`` (1 = highest score), ``{analyzer}.causal_top_k`` (ablated in the top-k
+    set), ``{analyzer}.causal_random_k`` (in how many random control sets it was ablated).
+
+    ``results``: ``{model: {analyzer: merged table with attrs["causal"]}}``.
+    """
+    per_model = []
+    for model, frames in results.items():
+        base: pd.DataFrame | None = None
+        for analyzer, df in frames.items():
+            cols = df.drop(columns=["layer", "head", "head_id"]).add_prefix(f"{analyzer}.")
+            order = df.sort_values("score", ascending=False, kind="stable").index
+            rank = pd.Series(np.arange(1, len(df) + 1), index=order).sort_index()
+            cols[f"{analyzer}.rank"] = rank.to_numpy()
+            causal = df.attrs.get("causal") or {}
+            if "top_heads" in causal:
+                cols[f"{analyzer}.causal_top_k"] = _membership(causal["top_heads"], df["head_id"])
+                counts = np.zeros(len(df), dtype=np.int64)
+                for draw in causal.get("random_heads", []):
+                    counts += _membership(draw, df["head_id"])
+                cols[f"{analyzer}.causal_random_k"] = counts
+            keys = df[["layer", "head", "head_id"]].copy()
+            keys.insert(0, "model", model)
+            table = pd.concat([keys.reset_index(drop=True), cols.reset_index(drop=True)], axis=1)
+            base = table if base is None else base.merge(table, on=KEYS, how="outer")
+        if base is not None:
+            per_model.append(base)
+    if not per_model:
+        return pd.DataFrame(columns=KEYS)
+    out = pd.concat(per_model, ignore_index=True)
+    return out.sort_values(["model", "layer", "head"], kind="stable").reset_index(drop=True)
+
+
+def causal_table(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per (model, analyzer) with a causal check: the metric with nothing ablated,
+    with the top-k heads ablated and with k random same-layer heads ablated (mean and draws),
+    and the effects (ablated minus base)."""
+    rows: list[dict[str, Any]] = []
+    for model, frames in results.items():
+        for analyzer, df in frames.items():
+            c = df.attrs.get("causal") or {}
+            if "base" not in c:
+                continue
+            rows.append(
+                {
+                    "model": model,
+                    "analyzer": analyzer,
+                    "metric": c.get("metric"),
+                    "higher_is_better": bool(c.get("higher_is_better", True)),
+                    "mode": c.get("mode"),
+                    "k": int(c.get("k", 0)),
+                    "draws": int(c.get("draws", 0)),
+                    "base": float(c["base"]),
+                    "top_k": float(c["top_k"]),
+                    "random_k_mean": float(c["random_k_mean"]),
+                    "random_k": ",".join(f"{v:.6g}" for v in c.get("random_k", [])),
+                    "effect_top_k": float(c["top_k"]) - float(c["base"]),
+                    "effect_random_k": float(c["random_k_mean"]) - float(c["base"]),
+                    "top_heads": ",".join(c.get("top_heads", [])),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def top_heads_of(df: pd.DataFrame, n: int) -> list[tuple[int, int]]:
+    """The ``n`` best heads of a merged table (the causal top set first when there is one)."""
+    causal = df.attrs.get("causal") or {}
+    if causal.get("top_heads"):
+        return [tuple(h) for h in parse_heads(",".join(causal["top_heads"][:n]))]
+    return ranking(df, n)
