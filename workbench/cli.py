@@ -216,8 +216,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     _check_out_file(out, out.suffix)
     get_analyzer(args.analyzer)  # unknown names fail before the model loads
     prompts = load_prompt_file(args.prompts) if args.prompts else None
+    params = parse_params(args.analyzer, args.param or [])
+    if args.top is not None:
+        params["top_k"] = args.top
     lm = _load(args)
-    params = {} if args.top is None else {"top_k": args.top}
     df = analyze(args.analyzer, lm, prompts, progress=not args.quiet, **params)
     tmp = out.with_name(out.name + ".partial")
     if out.suffix == ".csv":
@@ -237,6 +239,64 @@ def cmd_scan(args: argparse.Namespace) -> int:
             f"causal ({causal['metric']}): base {causal['base']:.4f}, top-{causal['k']} "
             f"ablated {causal['top_k']:.4f}, random-{causal['k']} ablated "
             f"{causal['random_k_mean']:.4f}"
+        )
+    return 0
+
+
+def parse_params(analyzer: str, pairs: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings -> analyzer parameters (VALUE read as JSON, else as a string).
+
+    Keys are checked against the analyzer's ``run`` signature, so a misspelt parameter is an
+    error instead of being ignored.
+    """
+    import inspect
+
+    from workbench.analyzers import ANALYZERS
+    from workbench.errors import WorkbenchError
+
+    accepted = {
+        name
+        for name, p in inspect.signature(ANALYZERS[analyzer].run).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "progress"
+    }
+    params: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise WorkbenchError(f"--param {pair!r}: expected KEY=VALUE, e.g. layers=[7,8]")
+        if key not in accepted:
+            raise WorkbenchError(
+                f"--param {key}: {analyzer} has no such parameter; it takes: "
+                + ", ".join(sorted(accepted))
+            )
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params
+
+
+def cmd_organism(args: argparse.Namespace) -> int:
+    import time
+
+    from workbench.analyzers.refusal import build_refusal_organism
+
+    if args.steps is not None and args.steps < 1:
+        from workbench.errors import WorkbenchError
+
+        raise WorkbenchError(f"--steps must be >= 1, got {args.steps}")
+    options = {} if args.steps is None else {"steps": args.steps}
+    start = time.perf_counter()
+    path = build_refusal_organism(
+        _load(args), seed=args.seed, force=args.force, progress=not args.quiet, **options
+    )
+    print(path)
+    if not args.quiet:
+        print(
+            f"refusal organism ready in {time.perf_counter() - start:.1f} s; scan it with: "
+            f"workbench scan --analyzer safety --model {path} --out safety.csv",
+            file=sys.stderr,
         )
     return 0
 
@@ -387,8 +447,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, help="text file (one prompt a line) or JSONL")
     p.add_argument("--top", type=int, default=None, help="k of the top-k causal check")
     p.add_argument("--out", default=None, help="FILE.csv or FILE.parquet")
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="analyzer parameter, VALUE as JSON (repeatable), e.g. --param layers=[7,8]",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser(
+        "organism",
+        help="build (once, cached) the refusal model organism for the safety analyzer; "
+        "prints its folder",
+    )
+    _add_model_args(p)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: built-in)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--quiet", action="store_true", help="print only the folder")
+    p.set_defaults(func=cmd_organism)
 
     p = sub.add_parser("report", help="batch head-attribution report (resumable; serial or Ray)")
     p.add_argument(

@@ -123,6 +123,15 @@ def test_scan_writes_table(tmp_path, capsys, lm):
     assert meta["prompts_used"] == 2 and meta["causal"]["k"] == 2
 
 
+def test_scan_params_reach_the_analyzer(tmp_path, capsys, lm):
+    out = tmp_path / "sinks.csv"
+    args = ["scan", "--analyzer", "sinks", "--param", "n_prompts=2", "--param", "prompt_tokens=24"]
+    assert main([*args, "--param", "causal=false", "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "sinks.csv.json").read_text())
+    assert meta["prompts_used"] == 2 and "causal" not in meta
+    assert meta["params"]["prompt_tokens"] == 24
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [
@@ -132,9 +141,26 @@ def test_scan_writes_table(tmp_path, capsys, lm):
             ["scan", "--analyzer", "sinks", "--prompts", "/no/such.txt", "--out", "x.csv"],
             "does not exist",
         ),
+        (
+            ["scan", "--analyzer", "sinks", "--param", "n_promts=4", "--out", "x.csv"],
+            "sinks has no such parameter",
+        ),
+        (["scan", "--analyzer", "sinks", "--param", "n_prompts", "--out", "x.csv"], "KEY=VALUE"),
+        (["organism", "--steps", "0"], "--steps must be >= 1"),
     ],
 )
 def test_scan_errors(args, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(args) == EXIT_USER_ERROR
     assert match in capsys.readouterr().err
+
+
+def test_organism_prints_the_cached_folder(capsys, lm):
+    from pathlib import Path
+
+    from workbench.analyzers import refusal
+
+    assert main(["organism", "--quiet"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == refusal.organism_dir()
+    assert (path / "workbench_organism.json").is_file() and (path / "config.json").is_file()
