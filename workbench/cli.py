@@ -511,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # also silence transformers' weight-loading bar
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -76,7 +76,7 @@ def atlas_figure(results: Results):
                     x=part["x"],
                     y=part["y"],
                     mode="markers",
-                    name=f"{model}: {label}",
+                    name=f"{model}: {label}" if len(models) > 1 else str(label),
                     text=part["head_id"],
                     hovertemplate="%{text}<extra>" + html.escape(str(label)) + "</extra>",
                 ),
@@ -85,7 +85,12 @@ def atlas_figure(results: Results):
             )
         fig.update_xaxes(title_text="PC 1", row=1, col=i)
         fig.update_yaxes(title_text="PC 2", row=1, col=i)
-    fig.update_layout(title="Head atlas", height=560, width=max(600, 520 * len(models)))
+    fig.update_layout(
+        title="Head atlas (hover a point for its head id)",
+        height=620,
+        width=max(760, 620 * len(models)),
+        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.15},
+    )
     return fig
 
 
@@ -97,9 +102,12 @@ def causal_figure(causal: pd.DataFrame):
     if causal.empty:
         return None
     analyzers = list(dict.fromkeys(causal["analyzer"]))
-    fig = make_subplots(
-        rows=1, cols=len(analyzers), subplot_titles=analyzers, horizontal_spacing=0.06
-    )
+    # the metric goes under the analyzer's name: y-axis titles collide between narrow panels
+    titles = [
+        f"{a}<br><sup>{causal.loc[causal['analyzer'] == a, 'metric'].iloc[0]}</sup>"
+        for a in analyzers
+    ]
+    fig = make_subplots(rows=1, cols=len(analyzers), subplot_titles=titles, horizontal_spacing=0.05)
     colours = {"base": "#7f7f7f", "top-k ablated": "#d62728", "random-k ablated": "#1f77b4"}
     for i, analyzer in enumerate(analyzers, start=1):
         part = causal[causal["analyzer"] == analyzer]
@@ -120,12 +128,13 @@ def causal_figure(causal: pd.DataFrame):
                 row=1,
                 col=i,
             )
-        fig.update_yaxes(title_text=str(part["metric"].iloc[0]), row=1, col=i)
     fig.update_layout(
         title="Causal evidence: ablate the top-k heads vs k random same-layer heads",
         barmode="group",
-        height=460,
-        width=max(600, 330 * len(analyzers)),
+        height=500,
+        width=max(640, 300 * len(analyzers)),
+        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.12},
+        margin={"t": 110},
     )
     return fig
 
@@ -189,6 +198,7 @@ def render_html(
         f"<p>Models: {html.escape(', '.join(results))}. Analyzers: "
         f"{html.escape(', '.join(analyzers))}.</p>",
         "<h2 id='grids'>Layer x head grids</h2>",
+        "<div class='row'>",
     ]
     for analyzer in analyzers:
         fig = grid_figure(analyzer, results)
@@ -196,6 +206,7 @@ def render_html(
         parts.append(f"<section class='grid' data-analyzer='{html.escape(analyzer)}'>")
         parts.append(_div(fig, f"grid-{analyzer}"))
         parts.append("</section>")
+    parts.append("</div>")
     atlas = atlas_figure(results)
     if atlas is not None:
         figures["atlas"] = atlas
