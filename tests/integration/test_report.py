@@ -275,3 +275,31 @@ def test_bad_input(case, match, prompts, tmp_path, capsys):
     assert err.startswith("error:") and match in err, err
     assert len(err.splitlines()) == 1
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.slow
+def test_two_real_models_side_by_side(prompts, tmp_path):
+    """The embedded model next to the refusal organism (fine-tuned in layers 24-29 only): one
+    row per (model, layer, head); below layer 24 the two models compute the same attention, so
+    their scores must agree exactly, and in the fine-tuned layers they must not."""
+    from workbench.analyzers import refusal
+
+    organism = refusal.build_refusal_organism(progress=False)
+    out = tmp_path / "two"
+    args = ["report", "--model", "SmolLM2-135M-Instruct", "--model", str(organism)]
+    args += ["--analyzers", "previous_token", "--prompts", str(prompts), "--no-causal"]
+    assert main([*args, "--examples", "0", "--no-png", "--quiet", "--out", str(out)]) == 0
+    heads = pd.read_parquet(out / "heads.parquet")
+    assert heads.groupby("model").size().to_dict() == {
+        "SmolLM2-135M-Instruct": 270,
+        "SmolLM2-135M-Instruct-refusal": 270,
+    }
+    base, org = (
+        part.set_index("head_id")["previous_token.score"] for _, part in heads.groupby("model")
+    )
+    layer = heads.drop_duplicates("head_id").set_index("head_id")["layer"]
+    trained = sorted(refusal.DEFAULT_TRAIN_LAYERS)
+    assert (base[layer < trained[0]] == org[layer < trained[0]]).all()
+    assert (base[layer >= trained[0]] - org[layer >= trained[0]]).abs().max() > 1e-3
+    grid = (out / "report.html").read_text(encoding="utf-8")
+    assert "SmolLM2-135M-Instruct-refusal" in grid
