@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,9 @@ def atlas_figure(results: Results):
     return fig
 
 
+CAUSAL_PANELS_PER_ROW = 4
+
+
 def causal_figure(causal: pd.DataFrame):
     """Task metric with nothing / the top-k heads / k random same-layer heads ablated."""
     import plotly.graph_objects as go
@@ -107,10 +111,19 @@ def causal_figure(causal: pd.DataFrame):
         f"{a}<br><sup>{causal.loc[causal['analyzer'] == a, 'metric'].iloc[0]}</sup>"
         for a in analyzers
     ]
-    fig = make_subplots(rows=1, cols=len(analyzers), subplot_titles=titles, horizontal_spacing=0.05)
+    ncols = min(CAUSAL_PANELS_PER_ROW, len(analyzers))
+    nrows = math.ceil(len(analyzers) / ncols)
+    fig = make_subplots(
+        rows=nrows,
+        cols=ncols,
+        subplot_titles=titles,
+        horizontal_spacing=0.06,
+        vertical_spacing=0.5 / (nrows * 2) if nrows > 1 else 0.0,
+    )
     colours = {"base": "#7f7f7f", "top-k ablated": "#d62728", "random-k ablated": "#1f77b4"}
-    for i, analyzer in enumerate(analyzers, start=1):
+    for i, analyzer in enumerate(analyzers):
         part = causal[causal["analyzer"] == analyzer]
+        row, col_ = divmod(i, ncols)
         for label, col in (
             ("base", "base"),
             ("top-k ablated", "top_k"),
@@ -122,18 +135,18 @@ def causal_figure(causal: pd.DataFrame):
                     y=part[col],
                     name=label,
                     marker_color=colours[label],
-                    showlegend=i == 1,
+                    showlegend=i == 0,
                     legendgroup=label,
                 ),
-                row=1,
-                col=i,
+                row=row + 1,
+                col=col_ + 1,
             )
     fig.update_layout(
         title="Causal evidence: ablate the top-k heads vs k random same-layer heads",
         barmode="group",
-        height=500,
-        width=max(640, 300 * len(analyzers)),
-        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.12},
+        height=140 + 380 * nrows,
+        width=max(640, 300 * ncols),
+        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.08},
         margin={"t": 110},
     )
     return fig
@@ -272,7 +285,13 @@ def write_pngs(folder: Path, figures: Mapping[str, Any]) -> dict[str, Any]:
     names = list(figures)
     tmp = [folder / f".{n}.tmp.png" for n in names]
     try:
-        pio.write_images([figures[n] for n in names], tmp)
+        figs = [figures[n] for n in names]
+        pio.write_images(  # each at its layout's size (kaleido's default is 700 x 500)
+            figs,
+            tmp,
+            width=[f.layout.width or 900 for f in figs],
+            height=[f.layout.height or 600 for f in figs],
+        )
     except Exception as exc:  # kaleido / browser failures must not lose the tables
         for t in tmp:
             t.unlink(missing_ok=True)
