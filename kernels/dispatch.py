@@ -9,7 +9,7 @@ from kernels.blockwise import blockwise_attention
 from kernels.errors import KernelInputError
 from kernels.problem import BACKENDS, Problem, build_problem
 from kernels.reference import reference_attention
-from kernels.requests import AttentionResult, StatsRequest
+from kernels.requests import FLOAT_STATISTICS, AttentionResult, StatsRequest
 from kernels.triton_support import triton_status
 
 
@@ -25,17 +25,7 @@ def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
 def _cast_reference(res: AttentionResult, p: Problem) -> AttentionResult:
     """The float64 reference, returned in the dtypes of the contract."""
     sd = p.stat_dtype
-    for name in (
-        "lse",
-        "received",
-        "sink",
-        "entropy",
-        "argmax_prob",
-        "span_mass",
-        "distance",
-        "pooled",
-        "maps",
-    ):
+    for name in ("lse", *FLOAT_STATISTICS):
         t = getattr(res, name)
         if t is not None:
             setattr(res, name, t.to(sd))

@@ -116,6 +116,20 @@ class StatsRequest:
         return self.row_stats or self.maps is not None
 
 
+FLOAT_STATISTICS = (
+    "received",
+    "sink",
+    "entropy",
+    "argmax_prob",
+    "span_mass",
+    "distance",
+    "pooled",
+    "maps",
+)
+"""The float statistics fields of :class:`AttentionResult` (float32, or float64 for float64
+inputs); ``argmax`` is the one integer field."""
+
+
 @dataclass(kw_only=True)
 class AttentionResult:
     """Output of :func:`kernels.attention`. Statistics not requested are ``None``.

@@ -301,28 +301,6 @@ def cmd_organism(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_report_prompts(path: str) -> list[dict]:
-    """Prompt items of ``--prompts`` (text or JSONL); errors name the file and the line."""
-    from workbench.analyzers import load_prompt_file
-    from workbench.errors import WorkbenchError
-
-    file = Path(path)
-    if file.is_file():
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise WorkbenchError(f"cannot read prompt file {file}: {exc}") from None
-        for number, line in enumerate(raw.splitlines(), start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise WorkbenchError(
-                    f"{file}, line {number}: not valid UTF-8 text ({exc.reason} at byte "
-                    f"{exc.start})"
-                ) from None
-    return load_prompt_file(file)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     import logging
 
@@ -336,7 +314,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s report: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    from workbench.analyzers import ANALYZERS
+    from workbench.analyzers import ANALYZERS, load_prompt_file
 
     if args.analyzers:
         analyzers = [a.strip() for a in args.analyzers.split(",") if a.strip()]
@@ -353,7 +331,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--out {out} is a file; give a folder (new or a report's)")
     if args.executor != "ray" and (args.address or args.num_gpus):
         raise WorkbenchError("--address/--num-gpus need --executor ray")
-    prompts = read_report_prompts(args.prompts) if args.prompts else None
+    prompts = load_prompt_file(args.prompts) if args.prompts else None
     config = ReportConfig(
         models=[ModelSpec(m, args.dtype, args.device) for m in (args.model or [None])],
         analyzers=analyzers,

@@ -26,11 +26,17 @@ def load_prompt_file(path: str | Path) -> list[PromptItem]:
     if not path.is_file():
         raise PromptFileError(f"prompt file {path} does not exist or is not a file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise PromptFileError(f"cannot read prompt file {path}: {exc}") from None
     items: list[PromptItem] = []
-    for number, line in enumerate(lines, start=1):
+    for number, raw_line in enumerate(raw.splitlines(), start=1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PromptFileError(
+                f"{path}, line {number}: not valid UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
         if not line.strip():
             continue
         if path.suffix == ".jsonl":

@@ -108,7 +108,9 @@ class SinkAnalyzer(Analyzer):
         """``ranking``: heads for the causal check, best first (default: this run's top-k)."""
         n_prompts = check_positive_int("n_prompts", n_prompts)
         prompt_tokens = check_positive_int("prompt_tokens", prompt_tokens, minimum=2)
-        items = as_items(prompts) or as_items(corpus_windows(lm, n_prompts, prompt_tokens))
+        items = as_items(prompts) or self.default_items(
+            lm, n_prompts=n_prompts, prompt_tokens=prompt_tokens
+        )
         n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
         first = torch.zeros(n_layers, n_heads, dtype=torch.float64)
         hidden_count = torch.zeros_like(first)

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +44,9 @@ class Executor(ABC):
     ) -> None:
         """Run every task; results arrive through ``on_done`` (in completion order)."""
 
+    def adopt(self, models: Mapping[ModelSpec, Any]) -> None:  # noqa: B027  (optional hook)
+        """Models already loaded in this process, for executors that run tasks here."""
+
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Release workers and models."""
 
@@ -59,6 +62,9 @@ class SerialExecutor(Executor):
 
     def __init__(self, **_: Any) -> None:
         self.models: dict[ModelSpec, Any] = {}
+
+    def adopt(self, models: Mapping[ModelSpec, Any]) -> None:
+        self.models.update(models)
 
     def run(
         self, tasks: Sequence[Task], on_done: DoneFn, on_progress: TaskProgressFn | None = None

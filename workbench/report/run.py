@@ -98,8 +98,8 @@ def check_config(config: ReportConfig) -> None:
 
 
 def _default_items(analyzer: str, spec: ModelSpec, config: ReportConfig, cache: dict):
-    """The analyzer's fixed default prompts, when it has them (loads the model's tokenizer
-    side in the driver once)."""
+    """The analyzer's fixed default prompts, when it has them (loads the model on the CPU in
+    the driver once; ``cache`` keeps it for the serial executor to reuse)."""
     an = get_analyzer(analyzer)
     if type(an).default_items is Analyzer.default_items:  # no fixed default prompt list
         return None
@@ -110,10 +110,13 @@ def _default_items(analyzer: str, spec: ModelSpec, config: ReportConfig, cache: 
     return an.default_items(cache[spec], **config.analyzer_params())
 
 
-def build_plans(config: ReportConfig) -> list[AnalyzerPlan]:
-    """Every (model, analyzer) with its prompt items and units."""
+def build_plans(
+    config: ReportConfig, driver_models: dict[ModelSpec, Any] | None = None
+) -> list[AnalyzerPlan]:
+    """Every (model, analyzer) with its prompt items and units. Models the driver loads to
+    build default prompts are left in ``driver_models`` (fresh dict when None)."""
     plans: list[AnalyzerPlan] = []
-    driver_models: dict[ModelSpec, Any] = {}
+    driver_models = {} if driver_models is None else driver_models
     for spec in config.models:
         for name in config.analyzers:
             an = get_analyzer(name)
@@ -144,7 +147,6 @@ def build_plans(config: ReportConfig) -> list[AnalyzerPlan]:
             else:
                 plan.shards = [Unit(spec.key, name, "single", 0, len(items or []))]
             plans.append(plan)
-    driver_models.clear()
     return plans
 
 
@@ -219,7 +221,8 @@ class Report:
         """Compute what is missing, write every output; returns the summary."""
         t0 = time.perf_counter()
         config = self.config
-        plans = build_plans(config)
+        driver_models: dict[ModelSpec, Any] = {}
+        plans = build_plans(config, driver_models)
         digest, params = fingerprint(config, plans)
         resumed = self.store.claim(digest, params, config.force)
         units_total = sum(len(p.shards) + (p.causal is not None) for p in plans) + len(
@@ -248,6 +251,9 @@ class Report:
                 workers=config.workers,
                 num_gpus=config.num_gpus,
             )
+            # the serial executor reuses what the driver loaded (no second load)
+            executor.adopt({s: m for s, m in driver_models.items() if s in config.models})
+            driver_models.clear()
             results = self._compute(plans, executor, board)
         finally:
             board.close()
