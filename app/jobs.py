@@ -55,8 +55,6 @@ DEFAULT_REFERENCE = (
     "She packed her bag, locked the door and walked to the station."
 )
 
-_HEAD_ALL = re.compile(r"^\s*L(\d+)H\*\s*$", re.IGNORECASE)
-
 
 def setup_worker(threads: int) -> None:
     """Per-job process setup. Forked children must stay single-threaded when the parent has
@@ -74,24 +72,14 @@ def parse_head_list(lm, text: str | None) -> list[tuple[int, int]]:
     ``L2H*`` means every head of layer 2. Raises :class:`workbench.WorkbenchError` subclasses
     (bad syntax, layer or head out of range) with the user-readable message.
     """
-    parts = [p for p in re.split(r"[,\s;]+", text or "") if p]
-    if not parts:
+    if not (text or "").strip():
         raise workbench.WorkbenchError(
             "no heads given: write head ids like L5H3, L7H1 (L5H* = every head of layer 5)"
         )
-    out: list[tuple[int, int]] = []
-    for part in parts:
-        m = _HEAD_ALL.match(part)
-        if m:
-            layer = int(m.group(1))
-            lm.head_id(layer, 0)
-            heads = [(layer, h) for h in range(lm.info.n_heads)]
-        else:
-            head = workbench.parse_head(part)
-            lm.head_id(head.layer, head.head)
-            heads = [(head.layer, head.head)]
-        out.extend(h for h in heads if h not in out)
-    return out
+    heads = workbench.parse_heads(text, n_heads=lm.info.n_heads)
+    for head in heads:
+        lm.head_id(head.layer, head.head)
+    return [(head.layer, head.head) for head in heads]
 
 
 def format_heads(heads: list[tuple[int, int]]) -> str:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 from workbench.errors import WorkbenchError
 
 _HEAD_RE = re.compile(r"^\s*L(\d+)H(\d+)\s*$", re.IGNORECASE)
+_LAYER_ALL_RE = re.compile(r"^\s*L(\d+)H\*\s*$", re.IGNORECASE)
 
 
 class Head(NamedTuple):
@@ -34,9 +35,19 @@ def parse_head(text: str) -> Head:
     return Head(int(m.group(1)), int(m.group(2)))
 
 
-def parse_heads(text: str) -> list[Head]:
-    """``"L5H3,L7H1"`` -> ``[Head(5, 3), Head(7, 1)]``."""
-    parts = [p for p in text.split(",") if p.strip()]
+def parse_heads(text: str, n_heads: int | None = None) -> list[Head]:
+    """``"L5H3,L7H1"`` -> ``[Head(5, 3), Head(7, 1)]`` (commas, semicolons or spaces separate
+    ids; repeats are dropped, order kept). With ``n_heads``, ``L5H*`` means every head of
+    layer 5."""
+    parts = [p for p in re.split(r"[,;\s]+", text or "") if p]
     if not parts:
         raise WorkbenchError("no heads given: write e.g. L5H3,L7H1")
-    return [parse_head(p) for p in parts]
+    out: list[Head] = []
+    for part in parts:
+        m = _LAYER_ALL_RE.match(part)
+        if m and n_heads is not None:
+            heads = [Head(int(m.group(1)), h) for h in range(n_heads)]
+        else:
+            heads = [parse_head(part)]
+        out.extend(h for h in heads if h not in out)
+    return out

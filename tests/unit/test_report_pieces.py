@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench.analyzers import top_heads
 from workbench.analyzers.base import merge_mean_frames
-from workbench.report.assemble import causal_table, heads_table, ranking
+from workbench.report.assemble import causal_table, heads_table
 from workbench.report.executors import check_reachable, make_executor
 from workbench.report.plan import ModelSpec, ReportConfig, ReportError, fingerprint, split
 from workbench.report.store import Store, atomic_write
@@ -117,7 +118,7 @@ def test_heads_and_causal_tables():
     assert len(table) == 8 and set(table["model"]) == {"m1", "m2"}
     row = table[(table.model == "m1") & (table.head_id == "L0H1")].iloc[0]
     assert row["a.rank"] == 1 and row["a.causal_top_k"]
-    assert ranking(a, 2) == [(0, 1), (1, 0)]
+    assert top_heads(a, 2) == [(0, 1), (1, 0)]
     causal = causal_table({"m1": {"a": a}})
     assert causal.loc[0, "effect_top_k"] == pytest.approx(1.0)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.analyzers import get_analyzer
+from workbench.analyzers import get_analyzer, top_heads
 from workbench.heads import parse_heads
 
 KEYS = ["model", "layer", "head", "head_id"]
@@ -22,13 +22,6 @@ def merge_shards(analyzer: str, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
         out.attrs = dict(frames[0].attrs)
         return out
     return get_analyzer(analyzer).merge(list(frames))
-
-
-def ranking(df: pd.DataFrame, k: int | None = None) -> list[tuple[int, int]]:
-    """Heads by descending score (stable: ties keep head order), the first ``k``."""
-    order = df.sort_values("score", ascending=False, kind="stable")
-    pairs = [(int(a), int(b)) for a, b in zip(order["layer"], order["head"], strict=True)]
-    return pairs if k is None else pairs[:k]
 
 
 def evidence_table(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -119,4 +112,4 @@ def top_heads_of(df: pd.DataFrame, n: int) -> list[tuple[int, int]]:
     causal = df.attrs.get("causal") or {}
     if causal.get("top_heads"):
         return [tuple(h) for h in parse_heads(",".join(causal["top_heads"][:n]))]
-    return ranking(df, n)
+    return top_heads(df, n)

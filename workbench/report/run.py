@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.analyzers import ANALYZERS, Analyzer, get_analyzer
+from workbench.analyzers import ANALYZERS, Analyzer, get_analyzer, top_heads
 from workbench.report import assemble, render
 from workbench.report.executors import Executor, make_executor
 from workbench.report.plan import (
@@ -285,7 +285,7 @@ class Report:
                     self.specs[p.model],
                     (p.items or [])[: an.causal_prompts] or None,
                     self._params(None),
-                    ranking=assemble.ranking(merged, config.top_k),
+                    ranking=top_heads(merged, config.top_k),
                 )
             )
         self._run_phase("causal", causal_tasks, executor, board)
