@@ -5,7 +5,8 @@ Public API:
 * :func:`register` - register the attention function with transformers (idempotent).
 * :class:`Capture` / :class:`CaptureSpec` - keep maps, q/k/v and per-head outputs.
 * :class:`Statistics` / :class:`StatisticsSpec` - head statistics from the kernels, no L x L maps.
-* :class:`AttentionHook`, :class:`AttentionCall`, :func:`attached` - write your own hook.
+* :class:`AttentionHook`, :class:`AttentionCall`, :func:`attached` - write your own hook;
+  :class:`HookSession` - a hook that is its own context manager (probes, interventions).
 * :class:`ModelLayout` - where a model's attention lives (built by ``workbench``).
 """
 
@@ -24,7 +25,7 @@ from probes.errors import (
     ProbeError,
     WorkbenchError,
 )
-from probes.hooks import AttentionCall, AttentionHook, attached, hooks_of
+from probes.hooks import AttentionCall, AttentionHook, HookSession, attached, hooks_of
 from probes.layout import ModelLayout
 from probes.records import LayerRecord, ProbeRecords
 from probes.statistics import Statistics, StatisticsSpec
@@ -37,6 +38,7 @@ __all__ = [
     "CaptureSpec",
     "CaptureTooLargeError",
     "HeadOutOfRangeError",
+    "HookSession",
     "LayerDidNotFireError",
     "LayerOutOfRangeError",
     "LayerRecord",

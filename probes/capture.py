@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from probes.attention_path import uses_workbench_attention
-from probes.errors import CaptureTooLargeError, LayerDidNotFireError, ProbeError
-from probes.hooks import AttentionCall, AttentionHook, attached
+from probes.errors import CaptureTooLargeError, ProbeError
+from probes.hooks import AttentionCall, HookSession
 from probes.layout import ModelLayout
 from probes.memory import default_budget, human_bytes
 from probes.records import LayerRecord, ProbeRecords
@@ -50,7 +49,7 @@ def _window_length(window: tuple[int, int] | None, n_queries: int) -> int:
     return max(0, hi - lo)
 
 
-class Capture(AttentionHook):
+class Capture(HookSession):
     """Context manager that captures what :class:`CaptureSpec` asks for.
 
     Use through ``workbench`` (``lm.capture(...)``) or directly::
@@ -83,7 +82,6 @@ class Capture(AttentionHook):
         self.records = ProbeRecords()
         self._kept_bytes = 0
         self._budget = 0
-        self._stack: ExitStack | None = None
 
     # -- sizes -----------------------------------------------------------------------------
     def bytes_per_call(self, n_queries: int, n_keys: int, batch: int = 1) -> int:
@@ -125,28 +123,24 @@ class Capture(AttentionHook):
             return torch.device(self.spec.device)
         return next(self.layout.attention_modules[0].parameters()).device
 
-    # -- context manager -------------------------------------------------------------------
-    def __enter__(self) -> Capture:
-        model_modules = [self.layout.attention_modules[i] for i in self.layers]
+    # -- life cycle (HookSession) ---------------------------------------------------------
+    def watched_modules(self) -> dict[int, torch.nn.Module]:
+        return {i: self.layout.attention_modules[i] for i in self.layers}
+
+    def layers_fired(self) -> list[int]:
+        return self.records.layers_fired
+
+    def reset(self) -> None:
         self._budget = self.spec.max_bytes or default_budget(self._device_for_budget())
         self._kept_bytes = 0
         self.records = ProbeRecords()
-        self._stack = ExitStack()
-        self._stack.enter_context(attached(self, model_modules))
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._stack is not None
-        self._stack.close()
-        self._stack = None
-        if exc_type is None:
-            missing = sorted(set(self.layers) - set(self.records.layers_fired))
-            if missing:
-                raise LayerDidNotFireError(
-                    f"layer(s) {missing} never called the workbench attention function during "
-                    "the capture; run a forward inside the `with` block, and load the model "
-                    "with workbench.load_model (or set attn_implementation='workbench')"
-                )
+    def not_fired_message(self, missing: list[int]) -> str:
+        return (
+            f"layer(s) {missing} never called the workbench attention function during "
+            "the capture; run a forward inside the `with` block, and load the model "
+            "with workbench.load_model (or set attn_implementation='workbench')"
+        )
 
     # -- hook ------------------------------------------------------------------------------
     def prepare(self, call: AttentionCall) -> None:

@@ -17,13 +17,15 @@ the body raises (the TransformerLens ``hooks()`` pattern).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from probes.errors import LayerDidNotFireError, ProbeError
 
 if TYPE_CHECKING:
     from kernels import AttentionResult
@@ -176,3 +178,68 @@ def attached(hook: AttentionHook, modules: Sequence[nn.Module]) -> Iterator[Atte
                 setattr(module, HOOKS_ATTR, remaining)
             elif hasattr(module, HOOKS_ATTR):
                 delattr(module, HOOKS_ATTR)
+
+
+class HookSession(AttentionHook):
+    """The one life cycle of probes and interventions: an :class:`AttentionHook` that is its own
+    context manager.
+
+    Entering forgets the last run (:meth:`reset`) and attaches the hook to the attention module
+    of every layer in :meth:`watched_modules`; leaving removes it again, also when the body
+    raises. When the body finished normally, every watched layer must have called the
+    registered attention path (:meth:`layers_fired`), else :class:`LayerDidNotFireError` names
+    the silent layers (TransformerLens #1652 turned into an error). Entering a session that is
+    already active raises :attr:`reentry_error` instead of stacking it twice.
+
+    Subclasses implement :meth:`watched_modules`, note each layer that runs in :attr:`fired`
+    (or override :meth:`layers_fired`), and may override :meth:`reset` and
+    :meth:`not_fired_message`.
+    """
+
+    reentry_error: ClassVar[type[ValueError]] = ProbeError
+    _stack: ExitStack | None = None
+    fired: set[int]
+
+    def watched_modules(self) -> Mapping[int, nn.Module]:
+        """Layer index -> attention module this session attaches to."""
+        raise NotImplementedError
+
+    def layers_fired(self) -> Iterable[int]:
+        """Layers that called the attention path since the session was entered."""
+        return self.fired
+
+    def reset(self) -> None:
+        """Forget per-run state (called on entry, before attaching)."""
+
+    def not_fired_message(self, missing: list[int]) -> str:
+        """The error message for watched layers that never fired."""
+        return (
+            f"{self!r}: layer(s) {missing} never called the workbench attention function while "
+            "it was active; run a forward inside the `with` block, and load the model with "
+            "workbench.load_model (or set attn_implementation='workbench')"
+        )
+
+    @property
+    def active(self) -> bool:
+        """True between ``__enter__`` and ``__exit__``."""
+        return self._stack is not None
+
+    def __enter__(self):
+        if self._stack is not None:
+            raise self.reentry_error(f"{self!r} is already active; it cannot be nested in itself")
+        modules = self.watched_modules()
+        self.fired = set()
+        self.reset()
+        stack = ExitStack()
+        stack.enter_context(attached(self, list(modules.values())))
+        self._stack = stack
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        if exc_type is None:
+            missing = sorted(set(self.watched_modules()) - set(self.layers_fired()))
+            if missing:
+                raise LayerDidNotFireError(self.not_fired_message(missing))

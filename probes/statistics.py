@@ -8,14 +8,13 @@ so it runs at the model's full context. During generation each decode step is on
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-from probes.errors import LayerDidNotFireError, ProbeError
-from probes.hooks import AttentionCall, AttentionHook, attached
+from probes.errors import ProbeError
+from probes.hooks import AttentionCall, HookSession
 from probes.layout import ModelLayout
 from probes.records import LayerRecord, ProbeRecords
 
@@ -64,7 +63,7 @@ class StatisticsSpec:
         return {k: v for k, v in fields.items() if v not in (False, None, ())}
 
 
-class Statistics(AttentionHook):
+class Statistics(HookSession):
     """Context manager keeping kernel statistics of every head of the chosen layers.
 
     ``records[layer].stats`` maps names (``received``, ``sink``, ``entropy``, ``argmax``,
@@ -85,26 +84,21 @@ class Statistics(AttentionHook):
                 "spans, distance, pooled_block"
             )
         self.records = ProbeRecords()
-        self._stack: ExitStack | None = None
 
-    def __enter__(self) -> Statistics:
+    def watched_modules(self) -> dict[int, torch.nn.Module]:
+        return {i: self.layout.attention_modules[i] for i in self.layers}
+
+    def layers_fired(self) -> list[int]:
+        return self.records.layers_fired
+
+    def reset(self) -> None:
         self.records = ProbeRecords()
-        self._stack = ExitStack()
-        modules = [self.layout.attention_modules[i] for i in self.layers]
-        self._stack.enter_context(attached(self, modules))
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._stack is not None
-        self._stack.close()
-        self._stack = None
-        if exc_type is None:
-            missing = sorted(set(self.layers) - set(self.records.layers_fired))
-            if missing:
-                raise LayerDidNotFireError(
-                    f"layer(s) {missing} never called the workbench attention function during "
-                    "the statistics probe; run a forward inside the `with` block"
-                )
+    def not_fired_message(self, missing: list[int]) -> str:
+        return (
+            f"layer(s) {missing} never called the workbench attention function during "
+            "the statistics probe; run a forward inside the `with` block"
+        )
 
     def prepare(self, call: AttentionCall) -> None:
         call.request_stats(**self.fields)

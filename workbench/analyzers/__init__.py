@@ -34,11 +34,12 @@ from workbench.analyzers.base import (
 )
 from workbench.analyzers.causal import causal_evidence, random_heads_like
 from workbench.analyzers.prompts import PromptFileError, as_items, load_prompt_file
+from workbench.lm import LoadedModel
 
 
 def analyze(
     name: str,
-    lm,
+    lm: LoadedModel,
     prompts=None,
     *,
     progress: Progress = True,

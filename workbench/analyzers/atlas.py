@@ -48,6 +48,7 @@ from workbench.analyzers.base import (
 )
 from workbench.analyzers.prompts import as_items
 from workbench.analyzers.sinks import corpus_windows
+from workbench.lm import LoadedModel
 
 #: Analyzers the atlas computes itself when their frame is not given (cheap: a few forwards).
 CHEAP_ANALYZERS = ("sinks", "previous_token", "duplicate_token", "induction")
@@ -63,7 +64,9 @@ def feature_name(analyzer: str) -> str:
     return FEATURE_NAME.get(analyzer, analyzer)
 
 
-def frame_feature(lm, name: str, df: pd.DataFrame, column: str = "score") -> np.ndarray:
+def frame_feature(
+    lm: LoadedModel, name: str, df: pd.DataFrame, column: str = "score"
+) -> np.ndarray:
     """(n_layers, n_heads) array of ``df[column]``, checked to cover every head once."""
     if not isinstance(df, pd.DataFrame):
         raise AnalyzerError(f"frames[{name!r}] must be a DataFrame, got {type(df).__name__}")
@@ -84,7 +87,9 @@ def frame_feature(lm, name: str, df: pd.DataFrame, column: str = "score") -> np.
     return out
 
 
-def attention_statistics(lm, prompts: Sequence[str], progress: Progress) -> tuple[dict, Scan]:
+def attention_statistics(
+    lm: LoadedModel, prompts: Sequence[str], progress: Progress
+) -> tuple[dict, Scan]:
     """Per-head mean entropy and mean attention distance over the queries (>= 1) of
     ``prompts``, averaged over prompts, from the kernels' statistics (no maps)."""
     n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
@@ -158,7 +163,7 @@ class AtlasAnalyzer(Analyzer):
 
     def run(
         self,
-        lm,
+        lm: LoadedModel,
         prompts=None,
         *,
         progress: Progress = True,

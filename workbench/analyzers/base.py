@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
 from workbench.heads import head_id
+from workbench.lm import LoadedModel
 
 Progress = bool | Callable[[str, int, int], None]
 """A tqdm bar (True), nothing (False), or a callback ``progress(desc, done, total)``."""
@@ -56,10 +57,12 @@ class Analyzer(ABC):
     """For ``shard_rule="mean"``: the causal metric reads only this many leading prompts."""
 
     @abstractmethod
-    def run(self, lm, prompts=None, *, progress: Progress = True, **params: Any) -> pd.DataFrame:
+    def run(
+        self, lm: LoadedModel, prompts=None, *, progress: Progress = True, **params: Any
+    ) -> pd.DataFrame:
         """Score every head; see the class docstring."""
 
-    def default_items(self, lm, **params: Any) -> list[Any] | None:
+    def default_items(self, lm: LoadedModel, **params: Any) -> list[Any] | None:
         """The prompt items of the default task when it is a fixed list (so a report can shard
         it), else None."""
         return None
@@ -93,7 +96,7 @@ def get_analyzer(name: str) -> Analyzer:
 
 
 def head_frame(
-    lm,
+    lm: LoadedModel,
     score: torch.Tensor | np.ndarray,
     evidence: Mapping[str, torch.Tensor | np.ndarray] | None = None,
     attrs: Mapping[str, Any] | None = None,

@@ -27,6 +27,7 @@ from workbench.analyzers.causal import causal_evidence
 from workbench.analyzers.metrics import mean_next_token_loss
 from workbench.analyzers.prompts import as_items, bundled_text
 from workbench.analyzers.sinks import corpus_windows
+from workbench.lm import LoadedModel
 
 
 def previous_token_pattern(tokens: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,7 @@ def pattern_score(
     return (a * pattern.double()).sum((-1, -2)) / a.sum((-1, -2))
 
 
-def repeated_word_prompts(lm, n_prompts: int, n_words: int, seed: int) -> list[str]:
+def repeated_word_prompts(lm: LoadedModel, n_prompts: int, n_words: int, seed: int) -> list[str]:
     """Random word sequences from the bundled corpus, each repeated twice (induction task)."""
     words = sorted(set(bundled_text("corpus.txt").split()))
     gen = torch.Generator().manual_seed(seed)
@@ -92,7 +93,7 @@ class PatternAnalyzer(Analyzer):
 
     def default_items(
         self,
-        lm,
+        lm: LoadedModel,
         *,
         n_prompts: int = 8,
         prompt_tokens: int = 64,
@@ -107,7 +108,7 @@ class PatternAnalyzer(Analyzer):
 
     def run(
         self,
-        lm,
+        lm: LoadedModel,
         prompts=None,
         *,
         progress: Progress = True,

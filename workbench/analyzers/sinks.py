@@ -23,12 +23,13 @@ from workbench.analyzers.base import (
 from workbench.analyzers.causal import causal_evidence
 from workbench.analyzers.metrics import mean_next_token_loss
 from workbench.analyzers.prompts import as_items, bundled_text
+from workbench.lm import LoadedModel
 
 FIRST_TOKEN_THRESHOLD = 0.3  # Gu et al.'s epsilon for the Sink metric
 HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold for non-initial sinks
 
 
-def corpus_windows(lm, n_prompts: int, n_tokens: int) -> list:
+def corpus_windows(lm: LoadedModel, n_prompts: int, n_tokens: int) -> list:
     """``n_prompts`` consecutive ``n_tokens``-token windows of the bundled corpus (decoded
     back to text), the default sink task (Gu et al. use 64-token prompts)."""
     ids = lm.tokenizer(bundled_text("corpus.txt"), add_special_tokens=False)["input_ids"]
@@ -62,7 +63,7 @@ class SinkAnalyzer(Analyzer):
     causal_prompts = 4
 
     def default_items(
-        self, lm, *, n_prompts: int = 16, prompt_tokens: int = 64, **_: Any
+        self, lm: LoadedModel, *, n_prompts: int = 16, prompt_tokens: int = 64, **_: Any
     ) -> list[Any]:
         """The default task's prompts: consecutive corpus windows."""
         return as_items(corpus_windows(lm, n_prompts, prompt_tokens))
@@ -90,7 +91,7 @@ class SinkAnalyzer(Analyzer):
 
     def run(
         self,
-        lm,
+        lm: LoadedModel,
         prompts=None,
         *,
         progress: Progress = True,

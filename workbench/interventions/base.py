@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from contextlib import ExitStack
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from probes import AttentionCall, AttentionHook, attached
-from probes.errors import LayerDidNotFireError
+from probes import AttentionCall, HookSession
 from workbench.errors import WorkbenchError
 from workbench.heads import Head, parse_head
+from workbench.lm import LoadedModel
 
 HeadLike = Head | tuple[int, int] | str
 
@@ -39,7 +38,7 @@ def normalize_heads(layout, heads: Iterable[HeadLike]) -> dict[int, tuple[int, .
     return {layer: tuple(sorted(hs)) for layer, hs in sorted(by_layer.items())}
 
 
-class Intervention(AttentionHook):
+class Intervention(HookSession):
     """A change to attention on a set of heads, applied through the registered attention path.
 
     Use as a context manager around any forward or ``generate`` call; interventions compose
@@ -51,13 +50,13 @@ class Intervention(AttentionHook):
 
     role = "intervention"
     name: ClassVar[str] = ""
+    reentry_error = InterventionError
 
-    def __init__(self, lm, heads: Iterable[HeadLike]) -> None:
+    def __init__(self, lm: LoadedModel, heads: Iterable[HeadLike]) -> None:
         self.lm = lm
         self.layout = lm.layout
         self.heads = normalize_heads(self.layout, heads)
         self.fired: set[int] = set()
-        self._stack: ExitStack | None = None
 
     @property
     def head_list(self) -> list[Head]:
@@ -67,30 +66,18 @@ class Intervention(AttentionHook):
         heads = ",".join(h.id for h in self.head_list)
         return f"{type(self).__name__}({heads})"
 
-    def __enter__(self):
-        if self._stack is not None:
-            raise InterventionError(f"{self!r} is already active; it cannot be nested in itself")
-        self.fired = set()
-        self.reset()
-        self._stack = ExitStack()
-        modules = [self.layout.attention_modules[layer] for layer in self.heads]
-        self._stack.enter_context(attached(self, modules))
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._stack is not None
-        self._stack.close()
-        self._stack = None
-        if exc_type is None:
-            missing = sorted(set(self.heads) - self.fired)
-            if missing:
-                raise LayerDidNotFireError(
-                    f"{self!r}: layer(s) {missing} never ran through the workbench attention "
-                    "path while the intervention was active, so it changed nothing there"
-                )
+    # -- life cycle (HookSession) ---------------------------------------------------------
+    def watched_modules(self) -> dict[int, torch.nn.Module]:
+        return {layer: self.layout.attention_modules[layer] for layer in self.heads}
 
     def reset(self) -> None:
         """Forget per-run state (called on entry)."""
+
+    def not_fired_message(self, missing: list[int]) -> str:
+        return (
+            f"{self!r}: layer(s) {missing} never ran through the workbench attention "
+            "path while the intervention was active, so it changed nothing there"
+        )
 
     # -- hook plumbing ---------------------------------------------------------------------
     def prepare(self, call: AttentionCall) -> None:

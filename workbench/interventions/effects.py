@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from workbench.distributions import kl_from_logits
 from workbench.interventions.base import Intervention, InterventionError
+from workbench.lm import LoadedModel
 
 
 @dataclass
@@ -25,14 +27,10 @@ class Effects:
     generations: pd.DataFrame
 
 
-def kl_per_position(base_logits: torch.Tensor, new_logits: torch.Tensor) -> torch.Tensor:
-    """KL(base || new) of the next-token distributions: (..., V) logits -> (...) nats."""
-    base = torch.log_softmax(base_logits.double(), -1)
-    new = torch.log_softmax(new_logits.double(), -1)
-    return (base.exp() * (base - new)).sum(-1)
+kl_per_position = kl_from_logits  # KL(base || new): (..., V) logits -> (...) nats
 
 
-def _target_ids(lm, targets: Sequence[str]) -> list[tuple[str, int]]:
+def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[tuple[str, int]]:
     out = []
     for t in targets:
         ids = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
@@ -44,7 +42,7 @@ def _target_ids(lm, targets: Sequence[str]) -> list[tuple[str, int]]:
 
 @torch.no_grad()
 def measure_effects(
-    lm,
+    lm: LoadedModel,
     prompts: str | Sequence[str],
     intervention: Intervention,
     *,
