@@ -18,6 +18,42 @@ import triton.language as tl
 
 # fmt: off
 @triton.jit
+def _score_tile(
+    q, K, Bias, Mask, b, h, kvh, offs_m, offs_n, offs_d, d_ok, row_ok, col_ok, pos,
+    scale, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # fmt: on
+    """Scores of one (query block, key block) tile, shared by both kernels.
+
+    Returns ``(s, vis)``: ``s = q.k * scale + bias[h, j]`` with ``-inf`` on hidden cells, and
+    the visibility ``vis`` (row and column in range, causal, mask); both (BLOCK_M, BLOCK_N).
+    """
+    kt = tl.load(
+        K + b * skb + kvh * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
+        mask=d_ok[:, None] & col_ok[None, :],
+        other=0.0,
+    )
+    s = tl.dot(q, kt, input_precision=PRECISION) * scale
+    if HAS_BIAS:
+        bias = tl.load(Bias + b * sbb + h * sbh + offs_n * sbn, mask=col_ok, other=0.0)
+        s += bias[None, :]
+    vis = row_ok[:, None] & col_ok[None, :]
+    if CAUSAL:
+        vis = vis & (offs_n[None, :] <= pos[:, None])
+    if HAS_MASK:
+        mk = tl.load(
+            Mask + b * smb + h * smh + offs_m[:, None] * smm + offs_n[None, :] * smn,
+            mask=vis,
+            other=0,
+        )
+        vis = vis & (mk != 0)
+    return tl.where(vis, s, float("-inf")), vis
+
+
+# fmt: off
+@triton.jit
 def attn_fwd_kernel(
     Q, K, V, Out, Lse, Bias, HeadScale, Mask,
     sqb, sqh, sqm, sqd,
@@ -59,26 +95,11 @@ def attn_fwd_kernel(
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Lk
-        kt = tl.load(
-            K + b * skb + kvh * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
-            mask=d_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        )
-        s = tl.dot(q, kt, input_precision=PRECISION) * scale
-        if HAS_BIAS:
-            bias = tl.load(Bias + b * sbb + h * sbh + offs_n * sbn, mask=col_ok, other=0.0)
-            s += bias[None, :]
-        vis = row_ok[:, None] & col_ok[None, :]
-        if CAUSAL:
-            vis = vis & (offs_n[None, :] <= pos[:, None])
-        if HAS_MASK:
-            mk = tl.load(
-                Mask + b * smb + h * smh + offs_m[:, None] * smm + offs_n[None, :] * smn,
-                mask=vis,
-                other=0,
-            )
-            vis = vis & (mk != 0)
-        s = tl.where(vis, s, float("-inf"))
+        s, _vis = _score_tile(
+            q, K, Bias, Mask, b, h, kvh, offs_m, offs_n, offs_d, d_ok, row_ok, col_ok, pos,
+            scale, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
+            CAUSAL, HAS_MASK, HAS_BIAS, PRECISION,
+        )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
@@ -174,26 +195,11 @@ def attn_stats_kernel(
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Lk
-        kt = tl.load(
-            K + b * skb + kvh * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
-            mask=d_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        )
-        s = tl.dot(q, kt, input_precision=PRECISION) * scale
-        if HAS_BIAS:
-            bias = tl.load(Bias + b * sbb + h * sbh + offs_n * sbn, mask=col_ok, other=0.0)
-            s += bias[None, :]
-        vis = row_ok[:, None] & col_ok[None, :]
-        if CAUSAL:
-            vis = vis & (offs_n[None, :] <= pos[:, None])
-        if HAS_MASK:
-            mk = tl.load(
-                Mask + b * smb + h * smh + offs_m[:, None] * smm + offs_n[None, :] * smn,
-                mask=vis,
-                other=0,
-            )
-            vis = vis & (mk != 0)
-        s = tl.where(vis, s, float("-inf"))
+        s, vis = _score_tile(
+            q, K, Bias, Mask, b, h, kvh, offs_m, offs_n, offs_d, d_ok, row_ok, col_ok, pos,
+            scale, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
+            CAUSAL, HAS_MASK, HAS_BIAS, PRECISION,
+        )  # fmt: skip
         logp = s - lse_safe[:, None]
         p = tl.exp(logp)  # exactly 0 on hidden cells
         if DO_ENTROPY:
