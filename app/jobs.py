@@ -14,23 +14,28 @@ import faulthandler
 import io
 import json
 import math
-import re
 import signal
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 import workbench
-from app.figures import pooled_to_mass, regroup_mass
 from app.state import SessionStore
 from workbench import analyzers
 from workbench import interventions as iv
+from workbench.interventions import recipes
+from workbench.maps import pooled_to_mass, regroup_mass
+from workbench.serialize import jsonable
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 Report = Callable[[str], None]
 
@@ -40,15 +45,6 @@ FULL_MAP_TOKENS = 256
 OVERVIEW_CELLS = 64
 #: Thumbnails in the all-heads grid have at most this many pooled cells per side.
 THUMB_CELLS = 16
-#: Ablation / steering modes of the Intervene view.
-MODES = {
-    "zero": "zero ablation (head output = 0)",
-    "mean": "mean ablation (output = mean over reference prompts)",
-    "uniform": "uniform ablation (query x 1e-5: attention spread evenly)",
-    "pasta": "PASTA: emphasize a span of the prompt",
-    "act": "ACT: scale attention to hidden sinks by beta",
-    "focus": "focus directions (from a .safetensors file)",
-}
 DEFAULT_REFERENCE = (
     "The old lighthouse keeper climbed the stairs every evening.\n"
     "Water boils at one hundred degrees Celsius at sea level.\n"
@@ -66,7 +62,7 @@ def setup_worker(threads: int) -> None:
 
 
 # -- heads -----------------------------------------------------------------------------------
-def parse_head_list(lm, text: str | None) -> list[tuple[int, int]]:
+def parse_head_list(lm: LoadedModel, text: str | None) -> list[tuple[int, int]]:
     """``"L5H3, L7H1 L2H*"`` -> validated ``[(5, 3), (7, 1), (2, 0), ..., (2, H-1)]``.
 
     ``L2H*`` means every head of layer 2. Raises :class:`workbench.WorkbenchError` subclasses
@@ -88,14 +84,12 @@ def format_heads(heads: list[tuple[int, int]]) -> str:
 
 def top_heads_from_records(records: list[dict[str, Any]], k: int) -> list[tuple[int, int]]:
     """The ``k`` highest-scoring heads of an analyzer table (records with layer/head/score)."""
-    rows = [r for r in records if r.get("score") is not None and math.isfinite(r["score"])]
-    rows.sort(key=lambda r: r["score"], reverse=True)
-    return [(int(r["layer"]), int(r["head"])) for r in rows[: max(0, int(k))]]
+    return analyzers.top_heads(pd.DataFrame(records), max(0, int(k)))
 
 
 # -- prompt runs -----------------------------------------------------------------------------
 def run_prompt(
-    lm,
+    lm: LoadedModel,
     store: SessionStore,
     session: str,
     prompt: str,
@@ -179,7 +173,7 @@ def run_prompt(
 
 
 def zoom_rows(
-    lm,
+    lm: LoadedModel,
     store: SessionStore,
     session: str,
     meta: dict[str, Any],
@@ -214,25 +208,8 @@ def zoom_rows(
 
 
 # -- analyzers -------------------------------------------------------------------------------
-def json_safe(value: Any) -> Any:
-    """Round-trip through JSON (numpy scalars, tuples, NaN -> None)."""
-
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, torch.Tensor):
-            return o.tolist()
-        return str(o)
-
-    text = json.dumps(value, default=default)
-    text = re.sub(r"\bNaN\b|-?\bInfinity\b", "null", text)
-    return json.loads(text)
-
-
 def run_analyzer(
-    lm,
+    lm: LoadedModel,
     name: str,
     params: dict[str, Any],
     report: Callable[[str, int, int], None],
@@ -245,61 +222,23 @@ def run_analyzer(
         r["id"] = r.get("head_id")
     return {
         "analyzer": name,
-        "params": json_safe(params),
+        "params": jsonable(params, finite=True),
         "columns": [str(c) for c in df.columns],
         "records": records,
-        "attrs": json_safe(dict(df.attrs)),
+        "attrs": jsonable(dict(df.attrs), finite=True),
         "seconds": round(time.perf_counter() - start, 2),
     }
 
 
 # -- interventions ---------------------------------------------------------------------------
-def build_intervention(
-    lm, mode: str, heads: list[tuple[int, int]], prompt: str, chat: bool, opts: dict[str, Any]
-):
-    """The intervention of the Intervene view's ``mode`` with its options."""
-    if mode == "zero":
-        return iv.ZeroAblation(lm, heads)
-    if mode == "uniform":
-        return iv.UniformAblation(lm, heads)
-    if mode == "mean":
-        refs = [line for line in (opts.get("reference") or "").splitlines() if line.strip()]
-        if not refs:
-            raise workbench.WorkbenchError(
-                "mean ablation needs reference prompts (one per line) to average head outputs over"
-            )
-        return iv.MeanAblation(lm, heads, means=iv.head_means(lm, refs))
-    if mode == "pasta":
-        emphasize = opts.get("emphasize") or ""
-        if not emphasize.strip():
-            raise workbench.WorkbenchError(
-                "PASTA needs the text to emphasize: type it, or select it in the prompt box and "
-                "press 'Use selection'"
-            )
-        alpha = float(opts.get("alpha") or 0.01)
-        return iv.pasta_on_text(lm, heads, prompt, emphasize, alpha=alpha, chat=chat)
-    if mode == "act":
-        return iv.AttentionCalibration(lm, heads, beta=float(opts.get("beta", 0.4)))
-    if mode == "focus":
-        path = (opts.get("focus_path") or "").strip()
-        if not path:
-            raise workbench.WorkbenchError(
-                "focus directions need a .safetensors file (trained by the contextual-heads "
-                "analyzer); give its path"
-            )
-        directions = iv.FocusDirectionSet.load(path)
-        return iv.FocusDirections(lm, directions, scale=float(opts.get("scale") or 0.25))
-    raise workbench.WorkbenchError(f"unknown mode {mode!r}; pick one of {', '.join(MODES)}")
-
-
 def run_intervention(
-    lm,
+    lm: LoadedModel,
     prompt: str,
     *,
     chat: bool,
     heads_text: str,
     mode: str,
-    opts: dict[str, Any],
+    options: recipes.Options,
     targets: list[str],
     new_tokens: int,
     report: Report = lambda _m: None,
@@ -307,9 +246,10 @@ def run_intervention(
     """Base vs intervened continuation and per-position KL / target log-prob changes."""
     start = time.perf_counter()
     lm.encode(prompt, chat=chat)  # the prompt's own errors first (empty, too long)
-    heads = [] if mode == "focus" else parse_head_list(lm, heads_text)
+    uses_heads = mode not in recipes.RECIPES or recipes.RECIPES[mode].uses_heads
+    heads = parse_head_list(lm, heads_text) if uses_heads else []
     report("Preparing the intervention…")
-    intervention = build_intervention(lm, mode, heads, prompt, chat, opts)
+    intervention = recipes.build(lm, mode, heads, options)
     report(f"Running base and intervened model ({new_tokens} new tokens each)…")
     effects = iv.measure_effects(
         lm, prompt, intervention, targets=targets, max_new_tokens=int(new_tokens), chat=chat

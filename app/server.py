@@ -19,9 +19,11 @@ import dash
 import diskcache
 
 import workbench
-from app.callbacks import register
-from app.layout import make_layout
+from app import views
+from app.context import AppContext
+from app.page import make_layout
 from app.state import SessionStore
+from app.views import prompt
 from workbench import analyzers
 
 ASSETS = Path(__file__).parent / "assets"
@@ -72,12 +74,21 @@ def create_app(
         suppress_callback_exceptions=True,
         update_title=None,
     )
-    app.layout = make_layout(lm.info, analyzers.list_analyzers())
-    register(app, lm, store, job_threads=job_threads or default_job_threads())
+    wb = AppContext(
+        lm=lm,
+        store=store,
+        job_threads=job_threads or default_job_threads(),
+        analyzers=tuple(analyzers.list_analyzers()),
+    )
+    app.layout = make_layout(wb)
+    for view in (prompt, *views.TABS):
+        view.register(app, wb)
     return app
 
 
-def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8050, debug=False):
+def serve(
+    model: str | None = None, host: str = "127.0.0.1", port: int = 8050, debug: bool = False
+) -> None:
     """Load ``model`` and serve the app (bound to 127.0.0.1 unless told otherwise)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not every progress poll

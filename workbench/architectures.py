@@ -1,7 +1,8 @@
 """Architecture facts as data: one row per ``model_type``, no if-chains elsewhere.
 
-Each :class:`ArchitectureSpec` says where the decoder blocks, their attention modules and output
-projections live, which config keys hold the head counts, and the positional scheme. GQA
+Each :class:`ArchitectureSpec` says where the decoder, its blocks, their attention modules, MLPs
+and output projections, the final norm and the unembedding live, which config keys hold the
+head counts, and the positional scheme (:mod:`workbench.model_parts` reads the parts). GQA
 grouping follows from the counts: query head ``h`` reads KV head ``h // (H / Hkv)``.
 """
 
@@ -21,8 +22,13 @@ class ArchitectureSpec:
 
     Attributes:
         model_type: ``config.model_type``.
+        decoder: dotted path from the ``*ForCausalLM`` model to the decoder stack (the module
+            that embeds and runs the blocks, taking ``input_ids`` or ``inputs_embeds``).
         blocks: dotted path from the ``*ForCausalLM`` model to the list of decoder blocks.
         attention: attribute of a block holding its self-attention module.
+        mlp: attribute of a block holding its feed-forward module.
+        final_norm: dotted path to the norm applied after the last block.
+        unembedding: dotted path to the unembedding (the LM head, hidden -> vocabulary).
         out_proj: attribute of the attention module holding the output projection.
         out_proj_transposed: the projection stores ``(in, out)`` weights (GPT-2 ``Conv1D``).
         n_layers_key / n_heads_key / n_kv_heads_key / max_context_key: config attributes
@@ -31,8 +37,12 @@ class ArchitectureSpec:
     """
 
     model_type: str
+    decoder: str
     blocks: str
     attention: str
+    mlp: str
+    final_norm: str
+    unembedding: str
     out_proj: str
     out_proj_transposed: bool
     n_layers_key: str
@@ -43,8 +53,12 @@ class ArchitectureSpec:
 
 
 _LLAMA_LIKE = dict(
+    decoder="model",
     blocks="model.layers",
     attention="self_attn",
+    mlp="mlp",
+    final_norm="model.norm",
+    unembedding="lm_head",
     out_proj="o_proj",
     out_proj_transposed=False,
     n_layers_key="num_hidden_layers",
@@ -63,8 +77,12 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ArchitectureSpec(model_type="qwen3", **_LLAMA_LIKE),
         ArchitectureSpec(
             model_type="gpt2",
+            decoder="transformer",
             blocks="transformer.h",
             attention="attn",
+            mlp="mlp",
+            final_norm="transformer.ln_f",
+            unembedding="lm_head",
             out_proj="c_proj",
             out_proj_transposed=True,
             n_layers_key="n_layer",
@@ -89,7 +107,8 @@ def spec_for(model_type: str) -> ArchitectureSpec:
         ) from None
 
 
-def _get_path(root: nn.Module, dotted: str) -> nn.Module:
+def module_at(root: nn.Module, dotted: str) -> nn.Module:
+    """The submodule of ``root`` at the dotted path ``dotted`` (a path of the table)."""
     obj = root
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -110,7 +129,7 @@ def layout_of(model: nn.Module) -> ModelLayout:
     """Build the :class:`~probes.ModelLayout` of a Hugging Face causal LM."""
     spec = spec_for(model.config.model_type)
     n_layers, n_heads, n_kv, head_dim = head_counts(model.config)
-    blocks = _get_path(model, spec.blocks)
+    blocks = module_at(model, spec.blocks)
     attention = tuple(getattr(block, spec.attention) for block in blocks)
     if len(attention) != n_layers:
         raise UnsupportedArchitectureError(

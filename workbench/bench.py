@@ -17,11 +17,20 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
 
 from probes.memory import available_bytes
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from workbench.lm import LoadedModel
+
+#: Where a bench run prints its rows (``print``), or None for silence.
+Log = Callable[[str], object] | None
 
 SAMPLE_SECONDS = 0.005
 
@@ -41,7 +50,8 @@ class PeakMemory:
             time.sleep(SAMPLE_SECONDS)
 
     @contextmanager
-    def measure(self):
+    def measure(self) -> Iterator[PeakMemory]:
+        """Track the peak over the ``with`` block; read :attr:`peak` (bytes) afterwards."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -78,6 +88,7 @@ class BenchRow:
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
+    """Seconds and peak memory (bytes) of one call of ``fn``."""
     meter = PeakMemory(device)
     with meter.measure():
         start = time.perf_counter()
@@ -88,13 +99,18 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
     return seconds, meter.peak
 
 
-def eager_maps_bytes(lm, seq: int) -> int:
+def eager_maps_bytes(lm: LoadedModel, seq: int) -> int:
     """Bytes of all float32 maps of one forward: layers x heads x seq^2 x 4."""
     return lm.info.n_layers * lm.info.n_heads * seq * seq * 4
 
 
-def bench_length(lm, seq: int, repeat: int = 1, eager: bool = True, log=print) -> BenchRow:
-    """Measure one sequence length; see the module docstring."""
+def bench_length(
+    lm: LoadedModel, seq: int, repeat: int = 1, eager: bool = True, log: Log = print
+) -> BenchRow:
+    """Measure one sequence length (random ids of shape (1, seq)); see the module docstring.
+
+    ``log`` is accepted for symmetry with :func:`run_bench` and not used.
+    """
     device = lm.device
     gen = torch.Generator().manual_seed(seq)
     vocab = lm.model.config.vocab_size
@@ -169,6 +185,7 @@ def bench_length(lm, seq: int, repeat: int = 1, eager: bool = True, log=print) -
 
 
 def format_row(row: BenchRow) -> str:
+    """One printed line of a :class:`BenchRow`."""
     eager = (
         f"eager+maps {row.eager_maps_s:7.2f} s / {row.eager_maps_peak_mb:8.0f} MB"
         if row.eager_maps_s is not None
@@ -182,8 +199,10 @@ def format_row(row: BenchRow) -> str:
     )
 
 
-def run_bench(lm, seqs: list[int], repeat: int = 1, eager: bool = True, log=print):
-    """Warm up, then measure every length; returns the rows."""
+def run_bench(
+    lm: LoadedModel, seqs: list[int], repeat: int = 1, eager: bool = True, log: Log = print
+) -> list[BenchRow]:
+    """Warm up, then measure every length (logging each row); returns the rows."""
     with torch.no_grad():
         lm.model(input_ids=torch.zeros(1, 16, dtype=torch.long, device=lm.device))
     rows = []
@@ -195,7 +214,8 @@ def run_bench(lm, seqs: list[int], repeat: int = 1, eager: bool = True, log=prin
     return rows
 
 
-def rows_as_json(lm, rows: list[BenchRow]) -> dict:
+def rows_as_json(lm: LoadedModel, rows: list[BenchRow]) -> dict[str, Any]:
+    """The ``bench --json`` object: model, device, torch threads and one dict per row."""
     return {
         "model": lm.info.name,
         "device": str(lm.device),

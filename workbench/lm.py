@@ -17,7 +17,8 @@ from torch import Tensor, nn
 import probes
 from probes import Capture, CaptureSpec, ModelLayout, Statistics, StatisticsSpec
 from workbench.architectures import layout_of
-from workbench.errors import EmptyPromptError, PromptTooLongError, WorkbenchError
+from workbench.errors import EmptyPromptError, PromptTooLongError
+from workbench.generation import greedy_generate
 from workbench.heads import head_id
 from workbench.models import ModelInfo, describe, load_hf, parse_dtype, resolve_source
 
@@ -84,7 +85,9 @@ class LoadedModel:
         return head_id(layer, head)
 
     # -- prompts ---------------------------------------------------------------------------
-    def encode(self, prompt: str | Encoded, *, chat: bool = False, system: str | None = None):
+    def encode(
+        self, prompt: str | Encoded, *, chat: bool = False, system: str | None = None
+    ) -> Encoded:
         """Tokenize ``prompt`` with the tokenizer's defaults (chat template only if ``chat``).
 
         Raises :class:`EmptyPromptError` for an empty prompt and :class:`PromptTooLongError`
@@ -127,25 +130,17 @@ class LoadedModel:
         )
         return out.logits
 
-    @torch.no_grad()
     def generate(
         self, prompt: str | Encoded, *, max_new_tokens: int = 20, chat: bool = False
     ) -> str:
-        """Greedy continuation of ``prompt`` (KV cache on), decoded without special tokens.
+        """Greedy continuation of ``prompt`` (KV cache on), decoded without special tokens
+        (:func:`workbench.generation.greedy_generate`).
 
         Probes and interventions active around the call act on every decode step.
         """
         enc = self.encode(prompt, chat=chat)
-        if max_new_tokens < 1:
-            raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        out = self.model.generate(
-            input_ids=enc.input_ids.to(self.device),
-            attention_mask=enc.attention_mask.to(self.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        return self.tokenizer.decode(out[0, enc.n_tokens :], skip_special_tokens=True)
+        (new,) = greedy_generate(self, [enc], max_new_tokens=max_new_tokens)
+        return self.tokenizer.decode(new, skip_special_tokens=True)
 
     # -- probes ----------------------------------------------------------------------------
     def capture(

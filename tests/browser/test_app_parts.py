@@ -9,6 +9,8 @@ import pytest
 
 from app import figures
 from app.state import SessionStore
+from app.views.explorer import figures as explorer_figures
+from workbench import charts, maps
 
 
 def causal_attention(n: int, seed: int = 0) -> np.ndarray:
@@ -33,10 +35,10 @@ def kernel_pooled(a: np.ndarray, b: int) -> np.ndarray:
 @pytest.mark.parametrize(("n", "b", "factor"), [(10, 1, 3), (37, 2, 4), (64, 4, 2), (50, 3, 5)])
 def test_pooled_mass_rows_sum_to_one_and_regroup_is_exact(n, b, factor):
     a = causal_attention(n)
-    mass = figures.pooled_to_mass(kernel_pooled(a, b), n, b)
+    mass = maps.pooled_to_mass(kernel_pooled(a, b), n, b)
     np.testing.assert_allclose(mass.sum(-1), 1.0, atol=1e-9)
-    merged = figures.regroup_mass(mass, n, b, factor)
-    direct = figures.pooled_to_mass(kernel_pooled(a, b * factor), n, b * factor)
+    merged = maps.regroup_mass(mass, n, b, factor)
+    direct = maps.pooled_to_mass(kernel_pooled(a, b * factor), n, b * factor)
     np.testing.assert_allclose(merged, direct, atol=1e-6)
 
 
@@ -49,7 +51,7 @@ def test_token_labels_are_unique_and_show_whitespace():
 
 def test_thumbnail_grid_maps_clicks_to_heads():
     thumbs = np.random.default_rng(0).random((4, 3, 5, 5)).astype(np.float32)
-    fig = figures.thumbnail_grid_figure(thumbs)
+    fig = explorer_figures.thumbnail_grid_figure(thumbs)
     trace = fig.data[0]
     xs, ys = np.asarray(trace.x), np.asarray(trace.y)
     z = np.asarray(trace.z, dtype=float)
@@ -72,7 +74,7 @@ def test_score_grid_uses_a_diverging_scale_for_signed_scores():
 def test_causal_figure_shows_changes_from_the_unablated_value():
     causal = {"metric": "loss", "k": 3, "base": 2.0, "top_k": 2.5, "random_k": [2.1, 1.9],
               "random_k_mean": 2.0, "mode": "zero", "higher_is_better": False}  # fmt: skip
-    fig = figures.causal_figure(causal)
+    fig = charts.causal_figure(causal)
     assert list(fig.data[0].y) == pytest.approx([0.5, 0.0])
     assert list(fig.data[1].y) == pytest.approx([0.1, -0.1])
 
@@ -101,3 +103,24 @@ def test_session_store_keeps_sessions_and_runs_apart(tmp_path):
     assert store.get("../etc", "run1", "x", "default") == "default"
     with pytest.raises(ValueError):
         store.put("a/b", "run1", "x", 1)
+
+
+def test_causal_chart_bars_start_at_the_unablated_value():
+    causal = {"metric": "acc", "k": 2, "base": 0.8, "top_k": 0.3, "random_k": [0.7, 0.9],
+              "random_k_mean": 0.8}  # fmt: skip
+    fig = charts.causal_figure(causal)
+    bars = fig.data[0]
+    assert list(bars.base) == pytest.approx([0.8, 0.8])
+    assert [b + d for b, d in zip(bars.base, bars.y, strict=True)] == pytest.approx([0.3, 0.8])
+    lo, hi = fig.layout.yaxis.range
+    lo2, hi2 = fig.layout.yaxis2.range  # the "change" axis is the metric axis shifted by base
+    assert (lo - lo2, hi - hi2) == pytest.approx((0.8, 0.8))
+
+
+def test_sink_mask_and_block_geometry():
+    sink = np.array([0.25, 0.15, 0.05, 0.35])
+    assert maps.sink_mask(sink).tolist() == [False, True, False, True]
+    assert maps.sink_mask(np.array([0.35]), offset=0).tolist() == [True]
+    assert maps.block_max(np.array([1.0, 3.0, 2.0]), 2, 2).tolist() == [3.0, 2.0]
+    vis = maps.block_visibility(3, 4, 10)  # blocks 0-3, 4-7, 8-9
+    assert vis.tolist() == [[True, False, False], [True, True, False], [True, True, True]]

@@ -15,6 +15,7 @@ import workbench
 from workbench.analyzers import attribution as attr
 from workbench.errors import WorkbenchError
 from workbench.interventions import HeadMeans
+from workbench.model_parts import final_norm
 
 pytestmark = pytest.mark.model
 
@@ -52,7 +53,7 @@ TARGET, FOIL = 3, 4
 
 def final_residual(lm, ids) -> torch.Tensor:
     res = {}
-    norm = attr.final_norm(lm.model)
+    norm = final_norm(lm.model)
     handle = norm.register_forward_pre_hook(lambda m, a: res.__setitem__("x", a[0].detach()))
     try:
         attr.metric_value(lm, ids, attr.logit_diff(TARGET, FOIL))
@@ -64,7 +65,7 @@ def final_residual(lm, ids) -> torch.Tensor:
 @contextmanager
 def frozen_final_norm(lm, ids):
     """Make the final RMSNorm linear: its scale fixed at the clean run's value per position."""
-    norm = attr.final_norm(lm.model)
+    norm = final_norm(lm.model)
     x = final_residual(lm, ids)
     scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
     handle = norm.register_forward_hook(lambda m, a, out: m.weight * a[0] * scale)
@@ -191,7 +192,7 @@ def test_dla_matches_independent_computation(lm):
 
 def final_residual_real(lm, enc) -> torch.Tensor:
     res = {}
-    norm = attr.final_norm(lm.model)
+    norm = final_norm(lm.model)
     handle = norm.register_forward_pre_hook(lambda m, a: res.__setitem__("x", a[0].detach()))
     try:
         lm.forward(enc)

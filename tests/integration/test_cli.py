@@ -158,9 +158,78 @@ def test_scan_errors(args, match, capsys, tmp_path, monkeypatch):
 def test_organism_prints_the_cached_folder(capsys, lm):
     from pathlib import Path
 
-    from workbench.analyzers import refusal
+    from workbench.organisms import refusal
 
     assert main(["organism", "--quiet"]) == 0
     path = Path(capsys.readouterr().out.strip())
     assert path == refusal.organism_dir()
     assert (path / "workbench_organism.json").is_file() and (path / "config.json").is_file()
+
+
+def test_app_command_comes_from_the_entry_point(capsys):
+    from workbench.cli.registry import ENTRY_POINT_GROUP, all_commands
+
+    names = [c.name for c in all_commands()]
+    assert names == ["info", "capture", "bench", "generate", "scan", "organism", "report", "app"]
+    with pytest.raises(SystemExit) as exc:
+        main(["app", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert all(opt in out for opt in ("--model", "--host", "--port", "--debug"))
+    from importlib import metadata
+
+    (entry,) = [e for e in metadata.entry_points(group=ENTRY_POINT_GROUP) if e.name == "app"]
+    assert entry.value == "app.command:COMMAND"
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("no_such_package.command:COMMAND", "No module named 'no_such_package'"),
+        ("json:__name__", "gives a str, not a workbench.cli.registry.Command"),
+    ],
+)
+def test_broken_entry_point_is_one_error_line(value, match, capsys, monkeypatch):
+    from importlib import metadata
+
+    from workbench.cli import registry
+
+    broken = metadata.EntryPoint(name="broken", value=value, group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [broken])
+    assert main(["broken", "--anything", "x"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: command 'broken' cannot be loaded")
+    assert match in err[0]
+    from workbench.cli import build_parser
+
+    assert build_parser().parse_args(["info", "--json"]).json  # the others still work
+
+
+def test_missing_command_is_one_error_line(capsys, monkeypatch):
+    from workbench.cli import registry
+
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [])
+    assert main(["app", "--port", "1"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown command 'app'")
+    assert "workbench.commands" in err[0]
+
+
+def test_core_never_imports_a_front_end():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for folder in ("kernels", "probes", "workbench"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names = [node.module or ""]
+                else:
+                    continue
+                if any(n == "app" or n.startswith("app.") for n in names):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []

@@ -24,10 +24,11 @@ def test_generate_json(capsys, lm):
 
 
 def test_generate_pasta_text(capsys, lm):
+    prompt = "Alice lives in Paris. Bob lives in Rome. Bob lives in"
     args = [
         "generate",
         "--prompt",
-        "Alice lives in Paris. Bob lives in Rome. Bob lives in",
+        prompt,
         "--pasta",
         "L10H2,L12H4",
         "--emphasize",
@@ -38,6 +39,17 @@ def test_generate_pasta_text(capsys, lm):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "base:" in out and "intervened:" in out and "KL" in out
+    # PASTA (alpha 0.01) scales attention outside "Bob lives in Rome" down on L10H2 and L12H4.
+    # A query before the span sees no emphasized key, so its distribution cannot move (KL 0 up
+    # to float error); from the span on every position moves (measured: KL 2.5e-3 .. 3.4e-2).
+    # With PASTA a no-op (alpha 1) every KL is 0 and this fails.
+    table = out.split("at each prompt position:\n", 1)[1].splitlines()
+    kl = [float(line.split()[-1]) for line in table]
+    tokens = lm.encode(prompt).tokens
+    assert len(kl) == len(tokens)
+    start = tokens.index(" Bob")
+    assert max(kl[:start]) < 1e-5
+    assert min(kl[start:]) > 1e-3
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from probes.hooks import HOOKS_ATTR
 from tests.conftest import attn_implementation
 from workbench.analyzers import contextual, mdqa
 from workbench.analyzers.base import AnalyzerError, get_analyzer
+from workbench.analyzers.contextual_runs import relevant_mass
 from workbench.errors import WorkbenchError
 from workbench.heads import Head
 from workbench.interventions import FocusDirections, FocusDirectionSet
@@ -125,9 +126,9 @@ def test_focus_training_raises_attention_on_relevant_document(lm, eitems):
     for dq, dk in fds.directions.values():
         assert dq.shape == (lm.info.head_dim,) and not dq.requires_grad
         assert float(dq.norm()) > 0 and float(dk.abs().max()) == 0
-    before = contextual.relevant_mass(lm, eitems, heads)
+    before = relevant_mass(lm, eitems, heads)
     with FocusDirections(lm, fds, scale=1.0):
-        after = contextual.relevant_mass(lm, eitems, heads)
+        after = relevant_mass(lm, eitems, heads)
     assert after > before
     with pytest.raises(AnalyzerError, match="steps"):
         contextual.train_focus_directions(lm, heads, eitems, steps=0)

@@ -282,7 +282,7 @@ def test_two_real_models_side_by_side(prompts, tmp_path):
     """The embedded model next to the refusal organism (fine-tuned in layers 24-29 only): one
     row per (model, layer, head); below layer 24 the two models compute the same attention, so
     their scores must agree exactly, and in the fine-tuned layers they must not."""
-    from workbench.analyzers import refusal
+    from workbench.organisms import refusal, refusal_training
 
     organism = refusal.build_refusal_organism(progress=False)
     out = tmp_path / "two"
@@ -298,7 +298,7 @@ def test_two_real_models_side_by_side(prompts, tmp_path):
         part.set_index("head_id")["previous_token.score"] for _, part in heads.groupby("model")
     )
     layer = heads.drop_duplicates("head_id").set_index("head_id")["layer"]
-    trained = sorted(refusal.DEFAULT_TRAIN_LAYERS)
+    trained = sorted(refusal_training.DEFAULT_TRAIN_LAYERS)
     assert (base[layer < trained[0]] == org[layer < trained[0]]).all()
     assert (base[layer >= trained[0]] - org[layer >= trained[0]]).abs().max() > 1e-3
     grid = (out / "report.html").read_text(encoding="utf-8")

@@ -21,9 +21,12 @@ import pytest
 import torch
 
 from tests.conftest import attn_implementation
+from workbench import generation
 from workbench.analyzers import ANALYZERS, analyze, refusal, safety
 from workbench.analyzers.base import AnalyzerError
 from workbench.errors import WorkbenchError
+from workbench.organisms import refusal as refusal_organism
+from workbench.organisms import refusal_training
 
 pytestmark = pytest.mark.model
 
@@ -171,7 +174,7 @@ def test_registered_and_runs_through_the_registry(lm):
 
 def test_batched_generation_matches_single(lm):
     prompts = [refusal.harmless_prompts()[0], refusal.harmful_prompts()[5]]
-    batched = refusal.generate_batch(lm, prompts, max_new_tokens=6)
+    batched = generation.generate_batch(lm, prompts, max_new_tokens=6)
     single = [lm.generate(p, chat=True, max_new_tokens=6) for p in prompts]
     assert batched == single
 
@@ -179,8 +182,8 @@ def test_batched_generation_matches_single(lm):
 def test_training_is_deterministic(lm):
     kw = {"steps": 1, "batch_size": 2, "train_layers": [0]}
     calls = []
-    m1, log1 = refusal.train_refusal(lm, progress=lambda *a: calls.append(a), **kw)
-    m2, log2 = refusal.train_refusal(lm, progress=False, **kw)
+    m1, log1 = refusal_organism.train_refusal(lm, progress=lambda *a: calls.append(a), **kw)
+    m2, log2 = refusal_organism.train_refusal(lm, progress=False, **kw)
     assert calls == [("refusal organism", 0, 1), ("refusal organism", 1, 1)]
     assert not log1["prefix_cached"] and log1["losses"] == log2["losses"]
     w1 = dict(m1.named_parameters())
@@ -192,30 +195,30 @@ def test_training_is_deterministic(lm):
 
 @pytest.fixture(scope="module")
 def organism(lm):
-    return refusal.load_refusal_organism(lm, progress=False)
+    return refusal_organism.load_refusal_organism(lm, progress=False)
 
 
 def test_organism_is_cached_by_key(lm, organism):
-    path = refusal.organism_dir()
+    path = refusal_organism.organism_dir()
     marker = path / "workbench_organism.json"
     before = marker.stat().st_mtime_ns
     start = time.perf_counter()
-    assert refusal.build_refusal_organism(lm, progress=False) == path
+    assert refusal_organism.build_refusal_organism(lm, progress=False) == path
     assert time.perf_counter() - start < 5  # reused, not retrained
     assert marker.stat().st_mtime_ns == before
     assert not [p for p in path.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
     defaults = {
-        "steps": refusal.DEFAULT_STEPS,
+        "steps": refusal_training.DEFAULT_STEPS,
         "seed": 0,
-        "lr": refusal.DEFAULT_LR,
-        "batch_size": refusal.DEFAULT_BATCH,
-        "train_layers": refusal.DEFAULT_TRAIN_LAYERS,
-        "response_tokens": refusal.DEFAULT_RESPONSE_TOKENS,
+        "lr": refusal_training.DEFAULT_LR,
+        "batch_size": refusal_training.DEFAULT_BATCH,
+        "train_layers": refusal_training.DEFAULT_TRAIN_LAYERS,
+        "response_tokens": refusal_training.DEFAULT_RESPONSE_TOKENS,
     }
-    key = refusal.organism_key(lm, **defaults)
-    assert refusal.organism_log()["key"] == key
-    assert refusal.organism_key(lm, **{**defaults, "seed": 1}) != key
-    assert refusal.organism_key(lm, **{**defaults, "steps": 1}) != key
+    key = refusal_organism.organism_key(lm, **defaults)
+    assert refusal_organism.organism_log()["key"] == key
+    assert refusal_organism.organism_key(lm, **{**defaults, "seed": 1}) != key
+    assert refusal_organism.organism_key(lm, **{**defaults, "steps": 1}) != key
 
 
 def test_reverted_swaps_one_part_and_restores(lm, organism):
@@ -225,7 +228,7 @@ def test_reverted_swaps_one_part_and_restores(lm, organism):
     org, base = params(organism), params(lm)
     trained = [n for n in org if not torch.equal(org[n], base[n])]
     layers = sorted({int(n.split(".layers.")[1].split(".")[0]) for n in trained})
-    assert layers == list(refusal.DEFAULT_TRAIN_LAYERS)  # only the trained layers changed
+    assert layers == list(refusal_training.DEFAULT_TRAIN_LAYERS)  # only the trained layers changed
     saved = {n: org[n].clone() for n in trained}
     for part, tag in (("attention", ".self_attn."), ("mlp", ".mlp.")):
         with refusal.reverted(organism, lm, part, layers=[29]) as names:
@@ -257,8 +260,8 @@ def org_scan(organism):
 
 
 def test_organism_refuses_harmful_not_harmless(lm, org_scan):
-    log = refusal.organism_log()
-    assert log["key"]["data_sha256"] and log["log"]["steps"] == refusal.DEFAULT_STEPS
+    log = refusal_organism.organism_log()
+    assert log["key"]["data_sha256"] and log["log"]["steps"] == refusal_training.DEFAULT_STEPS
     # the base model barely refuses the same held-out prompts
     base_h = refusal.measure_refusal(lm, refusal.harmful_prompts()[4:12], max_new_tokens=6)
     assert base_h["rate"] <= 0.25, base_h["responses"]

@@ -1,4 +1,5 @@
-"""The architecture table drives layouts of llama, qwen2 and gpt2 alike (random small models)."""
+"""The architecture table drives layouts and model parts of llama, qwen2 and gpt2 alike (random
+small models)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
 
 import workbench
 from tests.conftest import attn_implementation
+from workbench import model_parts
 from workbench.architectures import ARCHITECTURES, spec_for
+from workbench.layer_suffix import decoder_hidden, residual_entering
 
 
 def tiny_gpt2():
@@ -55,3 +58,41 @@ def test_random_models_capture_matches_eager(build, n_heads, n_kv):
     for layer in range(2):
         got = torch.stack([cap.records.map(layer, h) for h in range(n_heads)])
         assert (got - ref.attentions[layer][0]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_qwen2], ids=["gpt2", "qwen2"])
+def test_model_parts_come_from_the_table(build):
+    torch.manual_seed(0)
+    model = build()
+    assert model_parts.decoder_of(model) is model.base_model
+    assert model_parts.unembedding(model) is model.get_output_embeddings()
+    norm = model_parts.final_norm(model)
+    assert norm is getattr(model.base_model, "ln_f", None) or norm is model.base_model.norm
+    blocks = model_parts.decoder_blocks(model)
+    assert len(blocks) == 2
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        full = decoder_hidden(model, input_ids=ids)
+        resid = residual_entering(model, 1, ids)
+        part = decoder_hidden(model, inputs_embeds=resid, start=1)
+    assert model_parts.decoder_blocks(model) is blocks  # the full list is back
+    if model.config.model_type == "qwen2":  # rotary: the suffix shortcut is exact
+        assert torch.allclose(full, part, atol=1e-5)
+
+
+def test_borrowed_weights_swap_one_part_and_restore():
+    torch.manual_seed(0)
+    model, donor = tiny_qwen2(), tiny_qwen2()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    donor_params = dict(donor.named_parameters())
+    with model_parts.borrowed_weights(model, donor, "mlp", layers=[1]) as names:
+        assert names and all(n.startswith("model.layers.1.mlp.") for n in names)
+        for n, p in model.named_parameters():
+            assert torch.equal(p, donor_params[n] if n in names else before[n]), n
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    with (
+        pytest.raises(workbench.WorkbenchError, match="part"),
+        model_parts.borrowed_weights(model, donor, "norm"),
+    ):
+        pass

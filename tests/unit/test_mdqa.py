@@ -16,7 +16,8 @@ import torch
 
 from workbench.analyzers import mdqa
 from workbench.analyzers.base import AnalyzerError
-from workbench.analyzers.contextual import aggregate, item_scores, span_log_mass
+from workbench.analyzers.contextual_runs import aggregate, item_scores
+from workbench.analyzers.focus_training import span_log_mass
 from workbench.errors import WorkbenchError
 
 # -- bundled data -------------------------------------------------------------------------------

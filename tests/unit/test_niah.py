@@ -10,7 +10,7 @@ import torch
 
 from workbench.analyzers import niah
 from workbench.analyzers.niah import NiahError, char_span_to_tokens, make_niah_tasks
-from workbench.analyzers.retrieval import answer_recall, answered, copy_events, retrieval_score
+from workbench.analyzers.retrieval_rule import answer_recall, answered, copy_events, retrieval_score
 from workbench.errors import WorkbenchError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,6 +11,8 @@ import torch
 from workbench.analyzers import refusal, safety
 from workbench.analyzers.base import AnalyzerError
 from workbench.errors import WorkbenchError
+from workbench.organisms import refusal as refusal_organism
+from workbench.organisms import refusal_training
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",
@@ -71,7 +73,7 @@ def test_bundled_sets_sizes_and_disjoint():
 
 def test_collate_masks_prompt_and_padding():
     examples = [(torch.tensor([5, 6, 7, 8]), 2), (torch.tensor([9, 10, 11]), 1)]
-    ids, mask, labels = refusal._collate(examples, pad=0)
+    ids, mask, labels = refusal_training.collate(examples, pad=0)
     assert ids.tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert labels.tolist() == [[-100, -100, 7, 8], [-100, 10, 11, -100]]
@@ -107,9 +109,9 @@ def test_principal_angle_hand_worked():
 
 def test_bad_training_params_are_clear_errors():
     with pytest.raises(WorkbenchError, match="steps"):
-        refusal.train_refusal(None, steps=0)
+        refusal_organism.train_refusal(None, steps=0)
     with pytest.raises(WorkbenchError, match="batch_size"):
-        refusal.train_refusal(None, batch_size=-1)
+        refusal_organism.train_refusal(None, batch_size=-1)
 
 
 def test_localize_refusal_needs_prompts():
@@ -119,5 +121,5 @@ def test_localize_refusal_needs_prompts():
 
 def test_organism_defaults_fit_the_ci_budget():
     # the cold build runs in CI: a few dozen steps over a few top layers only
-    assert refusal.DEFAULT_STEPS <= 40 and len(refusal.DEFAULT_TRAIN_LAYERS) <= 8
-    assert refusal.organism_dir().name == refusal.ORGANISM_NAME
+    assert refusal_training.DEFAULT_STEPS <= 40 and len(refusal_training.DEFAULT_TRAIN_LAYERS) <= 8
+    assert refusal_organism.organism_dir().name == refusal_organism.ORGANISM_NAME

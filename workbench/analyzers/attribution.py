@@ -44,14 +44,12 @@ here (:data:`DEFAULT_TASK`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from workbench.analyzers.base import (
     Analyzer,
@@ -64,9 +62,20 @@ from workbench.analyzers.base import (
     require_done,
 )
 from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.logit_attribution import (
+    BASELINES,
+    MetricFn,
+    ablation_for,
+    attribute,
+    head_z,
+    logit_diff,
+    metric_value,
+)
 from workbench.analyzers.prompts import as_items
-from workbench.heads import Head, parse_head
-from workbench.interventions import HeadMeans, Intervention, MeanAblation, ZeroAblation
+from workbench.interventions import normalize_heads
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 #: IOI-style prompts (indirect object = target, repeated subject = foil); ``corrupt`` replaces
 #: the second subject mention by a third name (the "ABC" distribution of Wang et al.).
@@ -109,268 +118,9 @@ DEFAULT_TASK: tuple[dict[str, str], ...] = (
     },
 )
 
-BASELINES = ("zero", "mean", "corrupt")
-
-#: ``metric(logits_last (V,), item) -> 0-d tensor``, differentiable.
-MetricFn = Callable[[Tensor], Tensor]
-
-
-# -- model plumbing -------------------------------------------------------------------------
-def final_norm(model: nn.Module) -> nn.Module:
-    """The final norm before the unembedding (``model.norm`` / ``transformer.ln_f`` ...)."""
-    base = getattr(model, "base_model", model)
-    for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm"):
-        module = getattr(base, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise AnalyzerError(
-        f"cannot find the final norm of {type(model).__name__} (looked for norm, ln_f, "
-        "final_layernorm); direct logit attribution needs it"
-    )
-
-
-def frozen_norm_map(norm: nn.Module, resid: Tensor, direction: Tensor) -> Tensor:
-    """Pull ``direction`` (in the normed space) back into the residual stream through the final
-    norm with its scale frozen at the value it has for residual vector ``resid`` (d,).
-
-    RMSNorm ``w * x * s``: ``s * w * direction``. LayerNorm ``w * (x - mean x) * s + b``: the
-    same, centred (centring is linear, so it moves onto the direction). Returns (d,) float64.
-    """
-    x = resid.double()
-    weight = getattr(norm, "weight", None)
-    w = weight.detach().double() if weight is not None else torch.ones_like(x)
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    v = w * direction.double()
-    if isinstance(norm, nn.LayerNorm):
-        s = torch.rsqrt(x.var(unbiased=False) + eps)
-        return s * (v - v.mean())
-    s = torch.rsqrt(x.pow(2).mean() + eps)
-    return s * v
-
-
-def frozen_norm_output(norm: nn.Module, resid: Tensor) -> Tensor:
-    """What :func:`frozen_norm_map`'s model of the norm gives for ``resid`` (to check it)."""
-    x = resid.double()
-    weight = getattr(norm, "weight", None)
-    w = weight.detach().double() if weight is not None else torch.ones_like(x)
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    bias = getattr(norm, "bias", None)
-    if isinstance(norm, nn.LayerNorm):
-        out = w * (x - x.mean()) * torch.rsqrt(x.var(unbiased=False) + eps)
-    else:
-        out = w * x * torch.rsqrt(x.pow(2).mean() + eps)
-    return out + bias.detach().double() if bias is not None else out
-
-
-def head_out_weights(lm, layer: int) -> Tensor:
-    """(H, D, d_model) per-head slices of layer ``layer``'s output projection."""
-    info = lm.layout
-    weight = lm.layout.out_projections[layer].weight.detach()
-    if not lm.layout.out_proj_transposed:  # nn.Linear: (d_model, H*D)
-        weight = weight.t()
-    return weight.reshape(info.n_heads, info.head_dim, -1)
-
-
-@contextmanager
-def _z_hooks(lm, *, leaf: bool):
-    """Pre-hooks on every output projection keeping its input (1, L, H*D): the heads' ``z``.
-
-    ``leaf``: also add to it a zero leaf tensor requiring grad, kept in ``zs[("delta",
-    layer)]``: the metric's gradient w.r.t. that leaf is its gradient w.r.t. ``z``, through
-    every later layer (attention included: no path is cut, whatever the parameters'
-    ``requires_grad``).
-    """
-    zs: dict[Any, Tensor] = {}
-
-    def hook_for(layer: int):
-        def hook(module, args):
-            x = args[0]
-            zs[layer] = x.detach()
-            if leaf:
-                delta = torch.zeros_like(x, requires_grad=True)
-                zs[("delta", layer)] = delta
-                return (x + delta, *args[1:])
-            return None
-
-        return hook
-
-    handles = [
-        proj.register_forward_pre_hook(hook_for(layer))
-        for layer, proj in enumerate(lm.layout.out_projections)
-    ]
-    try:
-        yield zs
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _run(lm, input_ids: Tensor) -> Tensor:
-    out = lm.model(
-        input_ids=input_ids.to(lm.device),
-        attention_mask=torch.ones_like(input_ids).to(lm.device),
-        use_cache=False,
-    )
-    return out.logits
-
-
-@torch.no_grad()
-def metric_value(lm, input_ids: Tensor, metric: MetricFn) -> float:
-    """The metric on one forward pass (interventions active around the call apply)."""
-    return float(metric(_run(lm, input_ids)[0, -1].double()))
-
-
-@torch.no_grad()
-def head_z(lm, input_ids: Tensor) -> list[Tensor]:
-    """Every layer's per-head output ``z`` as (1, L, H, D) tensors, from one forward."""
-    with _z_hooks(lm, leaf=False) as zs:
-        _run(lm, input_ids)
-    h, d = lm.layout.n_heads, lm.layout.head_dim
-    return [zs[layer].reshape(1, -1, h, d) for layer in range(lm.layout.n_layers)]
-
-
-def logit_diff(target_id: int, foil_id: int) -> MetricFn:
-    """``logits[target] - logits[foil]``."""
-
-    def metric(logits: Tensor) -> Tensor:
-        return logits[target_id] - logits[foil_id]
-
-    return metric
-
-
-@dataclass
-class HeadAttribution:
-    """Per-head attributions of one prompt: arrays (n_layers, n_heads), float64."""
-
-    metric: float
-    dla: Tensor
-    attribution_patching: Tensor
-    norm_check: float  # max |frozen-norm model - actual final norm output| at the last position
-
-
-def attribute(
-    lm,
-    input_ids: Tensor,
-    metric: MetricFn,
-    *,
-    baseline: str = "zero",
-    corrupt_ids: Tensor | None = None,
-    means: HeadMeans | Tensor | None = None,
-) -> HeadAttribution:
-    """DLA and attribution-patching estimate of every head for one prompt (1, L) ids.
-
-    One forward with autograd on and one backward pass (plus one forward on ``corrupt_ids``
-    for ``baseline="corrupt"``). ``metric`` maps the last-position logits (V,) to a scalar.
-    """
-    if baseline not in BASELINES:
-        raise AnalyzerError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    layout = lm.layout
-    n_layers, n_heads, dim = layout.n_layers, layout.n_heads, layout.head_dim
-    if baseline == "corrupt":
-        if corrupt_ids is None:
-            raise AnalyzerError("baseline='corrupt' needs a corrupt prompt (item field 'corrupt')")
-        if corrupt_ids.shape != input_ids.shape:
-            raise AnalyzerError(
-                f"the corrupt prompt has {corrupt_ids.shape[-1]} tokens, the clean one "
-                f"{input_ids.shape[-1]}; they must align token for token"
-            )
-        z_base = head_z(lm, corrupt_ids)
-    elif baseline == "mean":
-        if means is None:
-            raise AnalyzerError("baseline='mean' needs head means (workbench.interventions)")
-        mean_z = means.means if isinstance(means, HeadMeans) else means
-        z_base = [mean_z[layer].view(1, 1, n_heads, dim) for layer in range(n_layers)]
-    norm = final_norm(lm.model)
-    kept: dict[str, Tensor] = {}
-
-    def keep_resid(module, args):
-        kept["resid"] = args[0]
-
-    def keep_normed(module, args):
-        kept["normed"] = args[0]
-
-    unembed = lm.model.get_output_embeddings()
-    h1 = norm.register_forward_pre_hook(keep_resid)
-    h2 = unembed.register_forward_pre_hook(keep_normed)
-    try:
-        with _z_hooks(lm, leaf=True) as zs, torch.enable_grad():
-            logits = _run(lm, input_ids)
-            value = metric(logits[0, -1].double())
-            leaves = [zs[("delta", layer)] for layer in range(n_layers)]
-            grads = torch.autograd.grad(value, [kept["normed"], *leaves])
-    finally:
-        h1.remove()
-        h2.remove()
-    # DLA: direction of the metric in the normed space at the last position, pulled back
-    # through the frozen final norm, dotted with each head's direct write to the residual.
-    u = grads[0][0, -1]
-    resid = kept["resid"][0, -1].detach()
-    direction = frozen_norm_map(norm, resid, u)
-    normed = kept["normed"][0, -1].detach().double()
-    norm_check = float((frozen_norm_output(norm, resid) - normed).abs().max())
-    dla = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    ap = torch.zeros_like(dla)
-    for layer in range(n_layers):
-        z = zs[layer].reshape(1, -1, n_heads, dim)
-        w_o = head_out_weights(lm, layer).double()  # (H, D, d)
-        writes = torch.einsum("hd,hdm->hm", z[0, -1].double(), w_o)  # (H, d)
-        dla[layer] = writes @ direction.to(writes.device)
-        g = grads[layer + 1].reshape(1, -1, n_heads, dim).double()
-        if baseline == "zero":
-            delta = -z.double()
-        else:
-            delta = z_base[layer].to(z.device).double() - z.double()
-        ap[layer] = (g * delta).sum(dim=(0, 1, 3)).cpu()
-    return HeadAttribution(float(value.detach()), dla.cpu(), ap, norm_check)
-
-
-class PatchHeads(Intervention):
-    """Replace chosen heads' outputs by given per-position outputs (activation patching).
-
-    ``z_source``: one (1, L, H, D) tensor per layer, e.g. :func:`head_z` of a corrupt prompt.
-    Only for a full forward of a prompt with the same length.
-    """
-
-    name = "patch"
-
-    def __init__(self, lm, heads, z_source: Sequence[Tensor]) -> None:
-        super().__init__(lm, heads)
-        self.z_source = z_source
-
-    def edit_output(self, call, heads, output):
-        src = self.z_source[call.layer]
-        if src.shape[1] != output.shape[1]:
-            raise AnalyzerError(
-                f"patch source has {src.shape[1]} positions, the forward {output.shape[1]}"
-            )
-        out = output.clone()
-        idx = list(heads)
-        out[:, :, idx] = src[:, :, idx].to(out.device, out.dtype)
-        return out
-
-
-def ablation_for(
-    lm,
-    heads,
-    baseline: str,
-    *,
-    means: HeadMeans | None = None,
-    z_source: Sequence[Tensor] | None = None,
-) -> Intervention:
-    """The exact ablation whose effect ``attribution_patching`` estimates for ``baseline``."""
-    if baseline == "zero":
-        return ZeroAblation(lm, heads)
-    if baseline == "mean":
-        return MeanAblation(lm, heads, means=means)
-    if baseline == "corrupt":
-        if z_source is None:
-            raise AnalyzerError("corrupt ablation needs the corrupt prompt's head outputs")
-        return PatchHeads(lm, heads, z_source)
-    raise AnalyzerError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-
 
 # -- the analyzer ---------------------------------------------------------------------------
-def _first_token(lm, text: Any, field: str) -> tuple[int, bool]:
+def _first_token(lm: LoadedModel, text: Any, field: str) -> tuple[int, bool]:
     if not isinstance(text, str) or not text:
         raise AnalyzerError(f"attribution: item field {field!r} must be a non-empty string")
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -398,16 +148,11 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def _parse_heads(lm, heads) -> list[tuple[int, int]]:
-    out = []
-    for item in heads:
-        head = parse_head(item) if isinstance(item, str) else Head(*item)
-        lm.layout.check_layers([head.layer])
-        lm.layout.check_heads([head.head])
-        out.append((int(head.layer), int(head.head)))
-    if not out:
+def _parse_heads(lm: LoadedModel, heads: Sequence[Any]) -> list[tuple[int, int]]:
+    """Checked ``(layer, head)`` pairs, sorted, from ids (``"L5H3"``) or pairs."""
+    if isinstance(heads, str) or not list(heads):
         raise AnalyzerError("exact_heads is empty; name heads such as L29H3, or set exact=True")
-    return sorted(set(out))
+    return [(layer, h) for layer, hs in normalize_heads(lm.layout, heads).items() for h in hs]
 
 
 @register_analyzer
@@ -422,7 +167,7 @@ class AttributionAnalyzer(Analyzer):
 
     def run(
         self,
-        lm,
+        lm: LoadedModel,
         prompts=None,
         *,
         progress: Progress = True,
@@ -484,7 +229,7 @@ class AttributionAnalyzer(Analyzer):
                     multi_token += int(mt) + int(mf)
                 else:
                     with torch.no_grad():
-                        top2 = _run(lm, enc.input_ids)[0, -1].topk(2).indices.tolist()
+                        top2 = lm.forward(enc)[0, -1].topk(2).indices.tolist()
                     t, f = int(top2[0]), int(top2[1])
                 if t == f:
                     raise AnalyzerError(
@@ -582,7 +327,7 @@ class AttributionAnalyzer(Analyzer):
             ]
             subset = done[:causal_prompts]
 
-            def mean_metric(model) -> float:
+            def mean_metric(model: LoadedModel) -> float:
                 return float(np.mean([metric_value(model, e[1].input_ids, e[3]) for e in subset]))
 
             df.attrs["causal"] = causal_evidence(
@@ -602,12 +347,8 @@ class AttributionAnalyzer(Analyzer):
 __all__ = [
     "DEFAULT_TASK",
     "AttributionAnalyzer",
-    "HeadAttribution",
-    "PatchHeads",
     "ablation_for",
     "attribute",
-    "final_norm",
-    "frozen_norm_map",
     "head_z",
     "logit_diff",
     "metric_value",

@@ -9,12 +9,15 @@ instead (several draws with a fixed seed). The result lives in ``df.attrs["causa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from workbench.heads import head_id
 from workbench.interventions import make as make_intervention
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 Metric = Callable[[Any], float]
 
@@ -54,7 +57,7 @@ def random_heads_like(
 
 
 def causal_evidence(
-    lm,
+    lm: LoadedModel,
     ranked_heads: Sequence[tuple[int, int]],
     metric: Metric,
     *,

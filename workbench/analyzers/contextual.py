@@ -30,14 +30,16 @@ Causal evidence: QA accuracy (answer containment, greedy) with the top-k context
 uniform-ablated (query scaled by 1e-5) vs k random heads of the same layers
 (``attrs["causal"]``), and the gold answer's mean log-probability likewise
 (``attrs["causal_logprob"]``).
+
+Layout: the model runs (greedy answers, span masses, accuracy, log-probs) are
+:mod:`workbench.analyzers.contextual_runs`; training and measuring focus directions is
+:mod:`workbench.analyzers.focus_training`; this module holds the analyzer.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -54,9 +56,17 @@ from workbench.analyzers.base import (
     top_heads,
 )
 from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.contextual_runs import (
+    aggregate,
+    answer_logprob,
+    answer_span_mass,
+    greedy_ids,
+    item_scores,
+    qa_accuracy,
+)
+from workbench.analyzers.focus_training import focus_effect, train_focus_directions
 from workbench.analyzers.mdqa import (
     EncodedItem,
-    answer_rows,
     encode_item,
     is_correct,
     load_facts,
@@ -64,303 +74,11 @@ from workbench.analyzers.mdqa import (
     split_facts,
 )
 from workbench.analyzers.prompts import as_items
-from workbench.heads import Head, parse_head
-from workbench.interventions import FocusDirections, FocusDirectionSet
-from workbench.interventions.base import Intervention
-from workbench.lm import Encoded
+from workbench.heads import Head
+from workbench.interventions import FOCUS_SCALE
 
-FOCUS_SCALE = 0.25
-
-
-# -- model runs -------------------------------------------------------------------------------
-def _with_answer(ei: EncodedItem, answer_ids: Sequence[int]) -> Encoded:
-    """The prompt followed by ``answer_ids`` (the assistant turn's first tokens)."""
-    extra = torch.tensor([list(answer_ids)], dtype=ei.enc.input_ids.dtype)
-    ids = torch.cat([ei.enc.input_ids, extra], dim=1)
-    mask = torch.ones_like(ids)
-    return Encoded(ids, mask, [], ei.enc.text, ei.enc.chat)
-
-
-@torch.no_grad()
-def greedy_ids(lm, enc: Encoded, max_new_tokens: int = 24) -> list[int]:
-    """Greedy continuation ids (as :meth:`LoadedModel.generate`), cut at the first special
-    token (the end of the assistant turn)."""
-    out = lm.model.generate(
-        input_ids=enc.input_ids.to(lm.device),
-        attention_mask=enc.attention_mask.to(lm.device),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
-    )
-    special = set(lm.tokenizer.all_special_ids)
-    ids: list[int] = []
-    for t in out[0, enc.n_tokens :].tolist():
-        if t in special:
-            break
-        ids.append(int(t))
-    return ids
-
-
-def answer_span_mass(lm, ei: EncodedItem, answer_ids: Sequence[int]) -> torch.Tensor:
-    """(layers, heads, n_answer, n_docs): attention mass of every head on every document at
-    the rows producing each answer token (teacher-forced; statistics probe span mass)."""
-    if not answer_ids:
-        raise AnalyzerError("no answer tokens to score")
-    enc = _with_answer(ei, answer_ids)
-    rows = answer_rows(ei.n_prompt, len(answer_ids))
-    with lm.statistics(
-        received=False, entropy=False, argmax=False, distance=False, spans=ei.spans
-    ) as stats:
-        lm.forward(enc)
-    rec = stats.records
-    return torch.stack(
-        [rec[layer].stats["span_mass"][0][:, rows].double() for layer in range(lm.info.n_layers)]
-    )
-
-
-def qa_accuracy(lm, eitems: Sequence[EncodedItem], max_new_tokens: int = 24) -> float:
-    """Share of items whose greedy answer contains the gold answer (or an alias)."""
-    hits = 0
-    for ei in eitems:
-        text = lm.tokenizer.decode(greedy_ids(lm, ei.enc, max_new_tokens))
-        hits += is_correct(text, ei.item)
-    return hits / max(len(eitems), 1)
-
-
-@torch.no_grad()
-def answer_logprob(lm, eitems: Sequence[EncodedItem]) -> float:
-    """Mean log-probability (nats per token) of the gold answer tokens teacher-forced as the
-    first tokens of the assistant turn (a smooth companion of the containment accuracy)."""
-    total, count = 0.0, 0
-    for ei in eitems:
-        enc = _with_answer(ei, ei.answer_ids)
-        logits = lm.forward(enc)[0].double()
-        rows = answer_rows(ei.n_prompt, len(ei.answer_ids))
-        logp = torch.log_softmax(logits[rows], dim=-1)
-        target = torch.tensor(ei.answer_ids)
-        total += float(logp.gather(1, target.view(-1, 1)).sum())
-        count += len(ei.answer_ids)
-    return total / max(count, 1)
-
-
-def relevant_mass(lm, eitems: Sequence[EncodedItem], heads: Sequence[tuple[int, int]]) -> float:
-    """Mean attention mass of ``heads`` on the relevant document at the gold answer rows."""
-    values = []
-    for ei in eitems:
-        mass = answer_span_mass(lm, ei, ei.answer_ids)
-        for layer, head in heads:
-            values.append(float(mass[layer, head, :, ei.relevant].mean()))
-    return sum(values) / max(len(values), 1)
-
-
-def item_scores(mass: torch.Tensor, relevant: int) -> dict[str, torch.Tensor]:
-    """Per-head numbers of one prompt from its answer-row span masses ``mass``
-    (layers, heads, n_answer, n_docs): each averaged over the answer tokens, the mass on the
-    relevant document, on all documents, on the irrelevant ones, and the relevant share."""
-    m = mass.double().mean(2)
-    rel = m[..., relevant]
-    all_docs = m.sum(-1)
-    return {
-        "relevant": rel,
-        "all_docs": all_docs,
-        "irrelevant": all_docs - rel,
-        "share": rel / all_docs.clamp_min(1e-12),
-    }
-
-
-def aggregate(
-    per_item: Sequence[dict[str, torch.Tensor]], counted: Sequence[bool]
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Mean of :func:`item_scores` over the ``counted`` prompts (those answered correctly),
-    or over all prompts when none is counted; also ``relevant_all_prompts`` over all prompts.
-    Returns the means and a note saying which prompts were averaged."""
-    if not per_item:
-        raise AnalyzerError("no scored prompts")
-    chosen = [d for d, c in zip(per_item, counted, strict=True) if c]
-    note = "correct prompts"
-    if not chosen:
-        chosen, note = list(per_item), "all prompts (none answered correctly)"
-    means = {k: torch.stack([d[k] for d in chosen]).mean(0) for k in per_item[0]}
-    means["relevant_all_prompts"] = torch.stack([d["relevant"] for d in per_item]).mean(0)
-    return means, note
-
-
-def span_log_mass(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    rows: torch.Tensor,
-    span: tuple[int, int],
-    scaling: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Differentiable log attention mass on keys ``span = [a, b)`` of causal query rows.
-
-    ``query`` (n, D) are the queries at absolute positions ``rows`` (n,), ``key`` (Lk, D);
-    ``mask`` (n, Lk) optional bool (True = may attend). Returns (n,):
-    ``logsumexp(s[:, a:b]) - logsumexp(s[:, visible])`` with ``s = q k^T * scaling``.
-    """
-    a, b = span
-    scores = (query.float() @ key.float().T) * scaling
-    keys = torch.arange(key.shape[0], device=key.device)
-    visible = keys.view(1, -1) <= rows.view(-1, 1).to(key.device)
-    if mask is not None:
-        visible = visible & mask.bool()
-    scores = scores.masked_fill(~visible, float("-inf"))
-    return torch.logsumexp(scores[:, a:b], dim=-1) - torch.logsumexp(scores, dim=-1)
-
-
-# -- focus directions -------------------------------------------------------------------------
-class _StopForward(Exception):
-    """Raised after the last layer a training step needs: the rest of the forward is skipped."""
-
-
-class _FocusTraining(Intervention):
-    """Adds ``scale * d_q`` to the chosen heads' queries (as :class:`FocusDirections` does) and
-    records, differentiably, each head's log attention mass on the relevant span at the answer
-    rows: ``logsumexp(s[rows, span]) - logsumexp(s[rows, visible])``, only (rows x keys)."""
-
-    name = "focus-training"
-
-    def __init__(self, lm, directions: dict[Head, torch.Tensor], scale: float) -> None:
-        super().__init__(lm, list(directions))
-        self.directions = directions
-        self.scale = float(scale)
-        self.last_layer = max(h.layer for h in directions)
-        self.rows = torch.zeros(0, dtype=torch.long)
-        self.span = (0, 0)
-        self.log_mass: list[torch.Tensor] = []
-
-    def edit(self, call, heads):
-        query = call.query.clone()
-        group = call.n_heads // call.key.shape[1]
-        local = self.rows - call.query_offset
-        mask = None
-        if call.mask is not None:
-            mask = call.mask[0, 0].expand(call.n_queries, call.n_keys)[local]
-        for h in heads:
-            dq = self.directions[Head(call.layer, h)]
-            query[:, h] = query[:, h] + self.scale * dq.to(query.dtype)
-            self.log_mass.append(
-                span_log_mass(
-                    query[0, h, local],
-                    call.key[0, h // group],
-                    self.rows,
-                    self.span,
-                    call.scaling,
-                    mask,
-                )
-            )
-        call.query = query
-
-    def edit_output(self, call, heads, output):
-        if call.layer == self.last_layer:
-            raise _StopForward
-        return None
-
-
-def _as_heads(heads) -> list[Head]:
-    out = []
-    for h in heads:
-        out.append(parse_head(h) if isinstance(h, str) else Head(*h))
-    if not out:
-        raise AnalyzerError("train_focus_directions needs at least one head")
-    return list(dict.fromkeys(out))
-
-
-def train_focus_directions(
-    lm,
-    heads,
-    items,
-    steps: int = 15,
-    lr: float = 0.05,
-    seed: int = 0,
-    *,
-    scale: float = 1.0,
-    history: list[float] | None = None,
-    progress: bool = False,
-) -> FocusDirectionSet:
-    """Learn a focus direction ``d_q`` for each of ``heads`` on MDQA ``items``.
-
-    Objective: maximise the mean over heads and answer rows of ``log`` attention mass on the
-    relevant document, with the gold answer teacher-forced; model parameters frozen (their
-    ``requires_grad`` restored afterwards), directions are leaf tensors initialised at zero
-    and trained with Adam, one item per step in seeded order. The forward stops after the
-    last layer holding a head. ``scale`` is the strength used during training (the learned
-    vector is applied as ``q += scale * d_q``). Per-step losses go to ``history``. Key
-    directions are zeros (softmax-invariant, see the module docstring).
-    """
-    steps = check_positive_int("steps", steps)
-    if not lr > 0 or not math.isfinite(lr):
-        raise AnalyzerError(f"lr must be > 0, got {lr}")
-    head_list = _as_heads(heads)
-    eitems = [it if isinstance(it, EncodedItem) else encode_item(lm, it) for it in items]
-    if not eitems:
-        raise AnalyzerError("train_focus_directions needs at least one training item")
-    gen = torch.Generator().manual_seed(seed)
-    dim = lm.info.head_dim
-    directions = {h: torch.zeros(dim, requires_grad=True) for h in head_list}
-    opt = torch.optim.Adam(list(directions.values()), lr=lr)
-    params = list(lm.model.parameters())
-    flags = [p.requires_grad for p in params]
-    trainer = _FocusTraining(lm, directions, scale)
-    order: list[int] = []
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        for step in range(steps):
-            if not order:
-                order = torch.randperm(len(eitems), generator=gen).tolist()
-            ei = eitems[order.pop()]
-            enc = _with_answer(ei, ei.answer_ids)
-            trainer.rows = answer_rows(ei.n_prompt, len(ei.answer_ids))
-            trainer.span = ei.relevant_span
-            trainer.log_mass = []
-            with torch.enable_grad():
-                try:
-                    with trainer:
-                        lm.model(input_ids=enc.input_ids.to(lm.device), use_cache=False)
-                except _StopForward:
-                    pass
-                loss = -torch.cat(trainer.log_mass).mean()
-                opt.zero_grad()
-                loss.backward()
-            opt.step()
-            if history is not None:
-                history.append(loss.item())
-            if progress:
-                print(f"focus step {step + 1}/{steps}: loss {loss.item():.4f}")
-    finally:
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
-    return FocusDirectionSet(
-        {h: (d.detach().clone(), torch.zeros(dim)) for h, d in directions.items()},
-        model=lm.info.name,
-    )
-
-
-def focus_effect(
-    lm,
-    directions: FocusDirectionSet,
-    eitems: Sequence[EncodedItem],
-    scales: Sequence[float] = (FOCUS_SCALE,),
-    max_new_tokens: int = 24,
-) -> dict[str, Any]:
-    """QA accuracy and the focus heads' relevant-document mass without and with the
-    directions at each of ``scales``, on ``eitems`` (held-out prompts)."""
-    heads = [tuple(h) for h in directions.directions]
-    out: dict[str, Any] = {
-        "before": {
-            "accuracy": qa_accuracy(lm, eitems, max_new_tokens),
-            "relevant_mass": relevant_mass(lm, eitems, heads),
-        }
-    }
-    for scale in scales:
-        with FocusDirections(lm, directions, scale=scale):
-            out[f"scale_{scale:g}"] = {
-                "accuracy": qa_accuracy(lm, eitems, max_new_tokens),
-                "relevant_mass": relevant_mass(lm, eitems, heads),
-            }
-    return out
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 
 # -- the analyzer -----------------------------------------------------------------------------
@@ -402,7 +120,7 @@ class ContextualAnalyzer(Analyzer):
 
     def run(
         self,
-        lm,
+        lm: LoadedModel,
         prompts=None,
         *,
         progress: Progress = True,
@@ -556,21 +274,21 @@ class ContextualAnalyzer(Analyzer):
 
     @staticmethod
     def _focus(
-        lm,
-        df,
-        held,
-        train_facts,
-        fillers,
+        lm: LoadedModel,
+        df: pd.DataFrame,
+        held: list[EncodedItem],
+        train_facts: list[dict[str, Any]],
+        fillers: list[dict[str, Any]],
         *,
-        n_docs,
-        focus_heads,
-        focus_items,
-        steps,
-        lr,
-        scale,
-        out,
-        seed,
-        max_new_tokens,
+        n_docs: int,
+        focus_heads: int,
+        focus_items: int,
+        steps: int,
+        lr: float,
+        scale: float,
+        out: str | None,
+        seed: int,
+        max_new_tokens: int,
     ) -> dict[str, Any]:
         heads = top_heads(df, focus_heads)
         train_items = make_items(focus_items, n_docs, seed + 1, facts=train_facts, fillers=fillers)

@@ -26,12 +26,15 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from workbench.analyzers.base import AnalyzerError, check_positive_int
 from workbench.analyzers.prompts import bundled_text
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 FACTS_FILE = "mdqa_facts.jsonl"
 INSTRUCTION = "Answer the question using the documents below."
@@ -192,7 +195,7 @@ class EncodedItem:
         return self.enc.n_tokens
 
 
-def encode_item(lm, item: dict[str, Any], *, chat: bool = True) -> EncodedItem:
+def encode_item(lm: LoadedModel, item: dict[str, Any], *, chat: bool = True) -> EncodedItem:
     """Tokenize an item and locate its documents' token spans in the exact tokenized text.
 
     Works for generated items and for user items that give ``prompt``, ``documents`` (each

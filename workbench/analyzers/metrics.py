@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from workbench.lm import Encoded, LoadedModel
+
 
 @torch.no_grad()
-def mean_next_token_loss(lm, encodings: Sequence, start: int | Sequence[int] = 0) -> float:
+def mean_next_token_loss(
+    lm: LoadedModel, encodings: Sequence[Encoded], start: int | Sequence[int] = 0
+) -> float:
     """Mean cross-entropy (nats) of predicting each next token of each encoding.
 
     ``start``: first predicted position to count (one int, or one per encoding), e.g. the

@@ -29,10 +29,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.analyzers.prompts import bundled_text
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 #: The user message around the haystack (``{context}``) and the question (``{question}``).
 PROMPT_TEMPLATE = (
@@ -115,7 +118,7 @@ def haystack_text(source: str | Path | None = None) -> str:
 
 
 # -- tokenization -------------------------------------------------------------------------------
-def _tokenizer(tok_or_lm):
+def _tokenizer(tok_or_lm: LoadedModel | Any) -> Any:
     return getattr(tok_or_lm, "tokenizer", tok_or_lm)
 
 
@@ -256,7 +259,7 @@ def choose_needles(
 
 
 def make_niah_tasks(
-    tokenizer_or_lm,
+    tokenizer_or_lm: LoadedModel | Any,
     *,
     lengths: Sequence[int] = DEFAULT_LENGTHS,
     depths: Sequence[float] = DEFAULT_DEPTHS,

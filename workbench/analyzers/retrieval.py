@@ -11,16 +11,13 @@ the model answers correctly. Heads scoring above 0.1 are retrieval heads.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from workbench.analyzers.base import (
     Analyzer,
@@ -34,191 +31,18 @@ from workbench.analyzers.base import (
     top_heads,
 )
 from workbench.analyzers.causal import causal_evidence
-from workbench.analyzers.niah import (
-    DEFAULT_DEPTHS,
-    DEFAULT_LENGTHS,
-    NiahError,
-    locate_needle,
-    make_niah_tasks,
-)
+from workbench.analyzers.niah import DEFAULT_DEPTHS, DEFAULT_LENGTHS, NiahError, make_niah_tasks
+from workbench.analyzers.niah_runs import niah_accuracy, run_niah_test
 from workbench.analyzers.prompts import as_items
+from workbench.analyzers.retrieval_rule import (
+    PASS_RECALL,
+    RETRIEVAL_THRESHOLD,
+    answer_recall,
+    copy_events,
+)
 
-RETRIEVAL_THRESHOLD = 0.1  # Wu et al.: heads above it are retrieval heads
-PASS_RECALL = 0.5  # reference code: a test counts when ROUGE-1 recall of the answer > 50 %
-
-
-# -- the rule -----------------------------------------------------------------------------------
-def copy_events(
-    argmax: torch.Tensor, emitted: torch.Tensor, sequence: torch.Tensor, span: tuple[int, int]
-) -> torch.Tensor:
-    """Per-step copy events of every head: (S, L, H) bool.
-
-    Args:
-        argmax: (S, L, H) most-attended key position of each head at each decoding step (the
-            query that produces the emitted token: the last prompt position at step 0, then each
-            fed-back token).
-        emitted: (S,) the token id emitted at each step.
-        sequence: (T,) token ids of the prompt followed by the generated tokens (positions the
-            argmax can point to).
-        span: ``[start, end)`` token span of the needle (or answer) in the prompt.
-
-    Step ``s`` of head ``h`` is a copy event when ``start <= argmax[s, h] < end`` and
-    ``sequence[argmax[s, h]] == emitted[s]`` (Wu et al., top-1 as their reference code).
-    """
-    start, end = span
-    pos = argmax.long()
-    inside = (pos >= start) & (pos < end)
-    token_at = sequence.long()[pos.clamp(0, sequence.numel() - 1)]
-    return inside & (token_at == emitted.long().view(-1, *([1] * (pos.dim() - 1))))
-
-
-def retrieval_score(
-    argmax: torch.Tensor, emitted: torch.Tensor, sequence: torch.Tensor, span: tuple[int, int]
-) -> torch.Tensor:
-    """One test's retrieval score per head, ``(#copy events) / |span|``: (L, H) float64."""
-    start, end = span
-    if end <= start:
-        raise AnalyzerError(f"empty needle span {span}")
-    events = copy_events(argmax, emitted, sequence, span)
-    return events.sum(0).double() / (end - start)
-
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def answer_recall(answer: str, response: str) -> float:
-    """ROUGE-1 recall of ``answer`` in ``response``: the share of the answer's words (lowercased
-    alphanumeric runs, counted with multiplicity) found in the response. No stemming (the
-    reference uses rouge_score with a Porter stemmer; exact words are stricter)."""
-    want = Counter(_WORD.findall(answer.lower()))
-    have = Counter(_WORD.findall(response.lower()))
-    total = sum(want.values())
-    if total == 0:
-        return 0.0
-    return sum(min(c, have[w]) for w, c in want.items()) / total
-
-
-def answered(answer: str, response: str, threshold: float = PASS_RECALL) -> bool:
-    """The reference code's pass rule: ROUGE-1 recall of the answer strictly above 0.5."""
-    return answer_recall(answer, response) > threshold
-
-
-# -- running one test ---------------------------------------------------------------------------
-class _StopAtNewline(StoppingCriteria):
-    """Stop once the last emitted token contains a newline (as the reference decoder does)."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, input_ids, scores, **kwargs):
-        last = self.tokenizer.decode(input_ids[0, -1:])
-        return torch.tensor([("\n" in last)], device=input_ids.device)
-
-
-@dataclass
-class NiahRun:
-    """One needle test decoded greedily: the response, emitted ids, spans and per-step argmax."""
-
-    response: str
-    prompt_ids: torch.Tensor  # (T,)
-    emitted: torch.Tensor  # (S,)
-    argmax: torch.Tensor | None  # (S, L, H) or None when not recorded
-    needle_span: tuple[int, int]
-    answer_span: tuple[int, int]
-
-
-def _encode_item(lm, item: dict[str, Any], chat: bool, system: str | None):
-    chat = bool(item.get("chat", chat))
-    system = item.get("system", system)
-    enc = lm.encode(item["prompt"], chat=chat, system=system)
-    where = locate_needle(lm.tokenizer, enc.text, item["needle"], item.get("answer"), chat=chat)
-    if where["input_ids"] != enc.input_ids[0].tolist():  # offsets must describe these tokens
-        raise AnalyzerError("tokenizing with offsets gave other tokens than lm.encode")
-    return enc, where
-
-
-@torch.no_grad()
-def _greedy(lm, enc, max_new_tokens: int, stop_at_newline: bool) -> torch.Tensor:
-    stops = StoppingCriteriaList([_StopAtNewline(lm.tokenizer)]) if stop_at_newline else None
-    out = lm.model.generate(
-        input_ids=enc.input_ids.to(lm.device),
-        attention_mask=enc.attention_mask.to(lm.device),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        stopping_criteria=stops,
-        pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
-    )
-    return out[0, enc.n_tokens :].cpu()
-
-
-def run_niah_test(
-    lm,
-    item: dict[str, Any],
-    *,
-    max_new_tokens: int = 24,
-    record: bool = True,
-    chat: bool = True,
-    system: str | None = None,
-    stop_at_newline: bool = True,
-) -> NiahRun:
-    """Decode one test greedily; with ``record``, keep every head's argmax key at every step
-    through the kernels' statistics probe (one record per decoding step, no L x L maps)."""
-    enc, where = _encode_item(lm, item, chat, system)
-    argmax = None
-    if record:
-        with lm.statistics(argmax=True, received=False, entropy=False, distance=False) as st:
-            emitted = _greedy(lm, enc, max_new_tokens, stop_at_newline)
-        recs = st.records
-        n_steps = min(recs.steps(layer) for layer in range(lm.info.n_layers))
-        if n_steps != emitted.numel():
-            raise AnalyzerError(
-                f"recorded {n_steps} decoding steps for {emitted.numel()} generated tokens"
-            )
-        argmax = torch.stack(
-            [
-                torch.stack(
-                    [recs[layer, s].stats["argmax"][0, :, -1] for layer in range(lm.info.n_layers)]
-                )
-                for s in range(n_steps)
-            ]
-        )
-    else:
-        emitted = _greedy(lm, enc, max_new_tokens, stop_at_newline)
-    response = lm.tokenizer.decode(emitted, skip_special_tokens=True).strip()
-    return NiahRun(
-        response,
-        enc.input_ids[0].cpu(),
-        emitted,
-        argmax,
-        where["needle_span"],
-        where["answer_span"],
-    )
-
-
-def niah_accuracy(
-    lm,
-    items: Sequence[dict[str, Any]],
-    *,
-    max_new_tokens: int = 24,
-    chat: bool = True,
-    system: str | None = None,
-    stop_at_newline: bool = True,
-    pass_recall: float = PASS_RECALL,
-) -> float:
-    """Share of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``)."""
-    ok = 0
-    for item in items:
-        run = run_niah_test(
-            lm,
-            item,
-            max_new_tokens=max_new_tokens,
-            record=False,
-            chat=chat,
-            system=system,
-            stop_at_newline=stop_at_newline,
-        )
-        ok += answered(item["answer"], run.response, pass_recall)
-    return ok / max(len(items), 1)
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 
 def _check_items(items: list[dict[str, Any]]) -> None:
@@ -274,7 +98,7 @@ class RetrievalAnalyzer(Analyzer):
 
     def run(
         self,
-        lm,
+        lm: LoadedModel,
         prompts=None,
         *,
         progress: Progress = True,

@@ -24,19 +24,20 @@ Language Model Safety", ICLR 2025, arXiv:2410.13708).
   (``df.attrs["sahara"]["refusal"]``).
 
 The embedded SmolLM2-135M-Instruct hardly refuses, so the analysis is meant for a model that
-does, e.g. the refusal organism of :mod:`workbench.analyzers.refusal`.
+does, e.g. the refusal organism of :mod:`workbench.organisms.refusal`.
 
 Cost: one batched forward per head over the N prompts (N = ``n_prompts``, 8 by default), run
 only from the ablated head's layer upward (the residual stream below it is cached from the base
 pass; checked against a full forward, with a full-forward fallback for models where the suffix
-trick does not reproduce it). ``layers=`` restricts the scan.
+trick does not reproduce it: :class:`workbench.layer_suffix.SuffixRunner`). ``layers=``
+restricts the scan.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -53,27 +54,16 @@ from workbench.analyzers.base import (
 )
 from workbench.analyzers.causal import causal_evidence
 from workbench.analyzers.prompts import as_items
-from workbench.analyzers.refusal import (
-    _decoder_and_head,
-    decoder_layers,
-    encode_batch,
-    harmful_prompts,
-    harmless_prompts,
-    layer_range,
-    measure_refusal,
-)
+from workbench.analyzers.refusal import harmful_prompts, harmless_prompts, measure_refusal
+from workbench.distributions import kl_divergence
+from workbench.generation import encode_batch
 from workbench.heads import head_id
 from workbench.interventions import UniformAblation
 from workbench.interventions.ablation import UNIFORM_EPS
+from workbench.layer_suffix import SuffixRunner
 
-SUFFIX_TOLERANCE = 1e-3  # max |log-prob| difference accepted between shortcut and full forward
-
-
-def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """``KL(p || q)`` along the last axis from log-probabilities (float64): the Ships measure
-    with ``p`` the base and ``q`` the ablated next-token distribution."""
-    logp, logq = logp.double(), logq.double()
-    return (logp.exp() * (logp - logq)).sum(-1)
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 
 def top_singular_basis(matrix: torch.Tensor, rank: int = 1, space: str = "prompts"):
@@ -97,87 +87,7 @@ def principal_angle(a: torch.Tensor, b: torch.Tensor, rank: int = 1, space: str 
     return math.degrees(math.acos(float(s.min().clamp(-1.0, 1.0))))
 
 
-class SuffixRunner:
-    """Forward passes over one left-padded prompt batch, run from a chosen layer upward.
-
-    The base pass caches the residual stream entering every decoder layer; ablating a head of
-    layer l cannot change anything below l, so :meth:`run` feeds the cached stream of layer l
-    to layers l.. only. A self-check against the model's full forward decides whether the
-    shortcut is exact for this architecture (``self.suffix_ok``); otherwise :meth:`run` does
-    full forwards. Returns last-position ``(log_probs (N, V), final hidden (N, d))``.
-    """
-
-    def __init__(self, lm, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.lm = lm
-        self.ids = ids.to(lm.device)
-        self.mask = mask.to(lm.device)
-        self.decoder, self.head = _decoder_and_head(lm.model)
-        self.n_layers = lm.info.n_layers
-        _, _, self.layer_list = decoder_layers(self.decoder, self.n_layers)
-        self.inputs: dict[int, torch.Tensor] = {}
-        handles = [
-            layer.register_forward_pre_hook(self._grab(i), with_kwargs=True)
-            for i, layer in enumerate(self.layer_list)
-        ]
-        try:
-            logp, hidden = self._decoder_pass(input_ids=self.ids)
-        finally:
-            for h in handles:
-                h.remove()
-        with torch.no_grad():
-            full = lm.model(
-                input_ids=self.ids, attention_mask=self.mask, use_cache=False, logits_to_keep=1
-            ).logits[:, -1]
-        self.head_ok = bool(
-            torch.allclose(torch.log_softmax(full.double(), -1), logp, atol=SUFFIX_TOLERANCE)
-        )
-        self.base_logp, self.base_hidden = logp, hidden
-        self.suffix_ok = False
-        if self.head_ok and len(self.inputs) == len(self.layer_list) and len(self.layer_list) > 1:
-            mid = len(self.layer_list) // 2
-            logp_mid, _ = self.run(mid, _trust=True)
-            self.suffix_ok = bool(torch.allclose(logp_mid, logp, atol=SUFFIX_TOLERANCE))
-        if not self.head_ok:
-            self.base_logp, self.base_hidden = self._full_pass()
-
-    def _grab(self, index: int):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(hidden, torch.Tensor):
-                self.inputs[index] = hidden.detach()
-
-        return hook
-
-    @torch.no_grad()
-    def _decoder_pass(self, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.decoder(attention_mask=self.mask, use_cache=False, **inputs)
-        hidden = out.last_hidden_state[:, -1]
-        logp = torch.log_softmax(self.head(hidden).double(), -1)
-        return logp, hidden.double()
-
-    @torch.no_grad()
-    def _full_pass(self) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.lm.model(
-            input_ids=self.ids,
-            attention_mask=self.mask,
-            use_cache=False,
-            output_hidden_states=True,
-        )
-        logp = torch.log_softmax(out.logits[:, -1].double(), -1)
-        return logp, out.hidden_states[-1][:, -1].double()
-
-    def run(self, start_layer: int, *, _trust: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs and final hidden state at the last position, recomputing layers
-        ``start_layer``.. from the cached stream (full forward when the shortcut is not exact)."""
-        if not self.head_ok:
-            return self._full_pass()
-        if start_layer <= 0 or not (self.suffix_ok or _trust):
-            return self._decoder_pass(input_ids=self.ids)
-        with layer_range(self.decoder, self.n_layers, start_layer):
-            return self._decoder_pass(inputs_embeds=self.inputs[start_layer])
-
-
-def _check_heads_scan(lm, layers) -> list[tuple[int, int]]:
+def _check_heads_scan(lm: LoadedModel, layers: Sequence[int] | None) -> list[tuple[int, int]]:
     chosen = lm.layout.check_layers(None if layers is None else list(layers))
     return [(layer, h) for layer in chosen for h in range(lm.info.n_heads)]
 
@@ -212,7 +122,7 @@ class SafetyAnalyzer(Analyzer):
 
     def run(
         self,
-        lm,
+        lm: LoadedModel,
         prompts=None,
         *,
         progress: Progress = True,
@@ -372,7 +282,7 @@ class SafetyAnalyzer(Analyzer):
         if causal:
             records: list[dict[str, Any]] = []
 
-            def refusal_metric(model) -> float:
+            def refusal_metric(model: LoadedModel) -> float:
                 kw = {"max_new_tokens": max_new_tokens, "chat": chat, "system": system}
                 h = measure_refusal(model, harmful_eval, **kw)
                 s = measure_refusal(model, harmless_eval, **kw)
@@ -422,7 +332,16 @@ class SafetyAnalyzer(Analyzer):
         return df
 
     @staticmethod
-    def _sahara(lm, runners, base_hidden, pool, steps, rank, space, eps) -> dict[str, Any]:
+    def _sahara(
+        lm: LoadedModel,
+        runners: list[SuffixRunner],
+        base_hidden: torch.Tensor,
+        pool: list[tuple[int, int]],
+        steps: int,
+        rank: int,
+        space: str,
+        eps: float,
+    ) -> dict[str, Any]:
         """Greedy Sahara search over ``pool``; returns chosen heads and the angle per step."""
         chosen: list[tuple[int, int]] = []
         angles: list[float] = []

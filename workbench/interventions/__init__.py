@@ -22,14 +22,19 @@ from workbench.interventions.ablation import (
 )
 from workbench.interventions.base import Intervention, InterventionError, normalize_heads
 from workbench.interventions.effects import Effects, kl_per_position, measure_effects
+from workbench.interventions.patching import PatchHeads
 from workbench.interventions.spans import char_spans_to_tokens, find_substring_spans
 from workbench.interventions.steering import (
+    ACT_BETA,
+    FOCUS_SCALE,
+    PASTA_ALPHA,
     AttentionCalibration,
     FocusDirections,
     FocusDirectionSet,
     Pasta,
     Temperature,
 )
+from workbench.lm import LoadedModel
 
 #: Registered interventions by name.
 INTERVENTIONS: dict[str, type[Intervention]] = {
@@ -43,6 +48,7 @@ INTERVENTIONS: dict[str, type[Intervention]] = {
         AttentionCalibration,
         FocusDirections,
         Temperature,
+        PatchHeads,
     )
 }
 
@@ -50,7 +56,7 @@ INTERVENTIONS: dict[str, type[Intervention]] = {
 ABLATION_MODES = ("zero", "mean", "uniform", "scale")
 
 
-def make(name: str, lm, **params) -> Intervention:
+def make(name: str, lm: LoadedModel, **params) -> Intervention:
     """Build the intervention registered as ``name`` with its parameters."""
     try:
         cls = INTERVENTIONS[name]
@@ -62,7 +68,13 @@ def make(name: str, lm, **params) -> Intervention:
 
 
 def pasta_on_text(
-    lm, heads, prompt: str, emphasize: str, alpha: float = 0.01, *, chat: bool = False
+    lm: LoadedModel,
+    heads,
+    prompt: str,
+    emphasize: str,
+    alpha: float = PASTA_ALPHA,
+    *,
+    chat: bool = False,
 ) -> Pasta:
     """PASTA emphasizing every occurrence of ``emphasize`` in the prompt as it is tokenized
     (``lm.encode(prompt, chat=chat)``: the chat template's text when ``chat``)."""
@@ -76,7 +88,10 @@ def pasta_on_text(
 
 __all__ = [
     "ABLATION_MODES",
+    "ACT_BETA",
+    "FOCUS_SCALE",
     "INTERVENTIONS",
+    "PASTA_ALPHA",
     "AttentionCalibration",
     "Effects",
     "FocusDirectionSet",
@@ -86,6 +101,7 @@ __all__ = [
     "InterventionError",
     "MeanAblation",
     "Pasta",
+    "PatchHeads",
     "ScaleAblation",
     "Temperature",
     "UniformAblation",

@@ -26,6 +26,7 @@ from workbench.interventions.base import (
     head_vector,
     scale_queries,
 )
+from workbench.lm import LoadedModel
 
 UNIFORM_EPS = 1e-5
 
@@ -44,7 +45,7 @@ class ScaleAblation(Intervention):
 
     name = "scale"
 
-    def __init__(self, lm, heads: Iterable[HeadLike], factor: float = 0.0) -> None:
+    def __init__(self, lm: LoadedModel, heads: Iterable[HeadLike], factor: float = 0.0) -> None:
         super().__init__(lm, heads)
         if not torch.isfinite(torch.tensor(float(factor))):
             raise InterventionError(f"scale factor must be finite, got {factor}")
@@ -60,7 +61,9 @@ class UniformAblation(Intervention):
 
     name = "uniform"
 
-    def __init__(self, lm, heads: Iterable[HeadLike], eps: float = UNIFORM_EPS) -> None:
+    def __init__(
+        self, lm: LoadedModel, heads: Iterable[HeadLike], eps: float = UNIFORM_EPS
+    ) -> None:
         super().__init__(lm, heads)
         if not 0 <= eps < 1:
             raise InterventionError(f"eps must be in [0, 1), got {eps}")
@@ -84,7 +87,7 @@ class HeadMeans:
 
 
 @torch.no_grad()
-def head_means(lm, prompts: Sequence[str], *, chat: bool = False) -> HeadMeans:
+def head_means(lm: LoadedModel, prompts: Sequence[str], *, chat: bool = False) -> HeadMeans:
     """Compute :class:`HeadMeans` of every head over ``prompts`` (one forward per prompt)."""
     if isinstance(prompts, str) or not prompts:
         raise InterventionError("head_means needs a non-empty list of reference prompts")
@@ -106,7 +109,9 @@ class MeanAblation(Intervention):
 
     name = "mean"
 
-    def __init__(self, lm, heads: Iterable[HeadLike], means: HeadMeans | None = None) -> None:
+    def __init__(
+        self, lm: LoadedModel, heads: Iterable[HeadLike], means: HeadMeans | None = None
+    ) -> None:
         super().__init__(lm, heads)
         if means is None:
             raise InterventionError(

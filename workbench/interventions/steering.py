@@ -13,10 +13,13 @@ from torch import Tensor
 from workbench.heads import Head, parse_head
 from workbench.interventions.base import HeadLike, Intervention, InterventionError, scale_queries
 from workbench.interventions.spans import Span, check_spans
+from workbench.lm import LoadedModel
 
 PASTA_ALPHA = 0.01
 ACT_BETA = 0.4
 ACT_THRESHOLD = 0.1
+#: Scale of focus directions (Zhu et al. 2025 use 0.2 - 0.3).
+FOCUS_SCALE = 0.25
 
 
 class Pasta(Intervention):
@@ -37,7 +40,7 @@ class Pasta(Intervention):
 
     def __init__(
         self,
-        lm,
+        lm: LoadedModel,
         heads: Iterable[HeadLike],
         spans: Sequence[Span],
         n_prompt_tokens: int,
@@ -86,7 +89,7 @@ class AttentionCalibration(Intervention):
 
     def __init__(
         self,
-        lm,
+        lm: LoadedModel,
         heads: Iterable[HeadLike],
         beta: float = ACT_BETA,
         threshold: float = ACT_THRESHOLD,
@@ -165,7 +168,9 @@ class Temperature(Intervention):
 
     name = "temperature"
 
-    def __init__(self, lm, heads: Iterable[HeadLike], temperature: float = 1.0) -> None:
+    def __init__(
+        self, lm: LoadedModel, heads: Iterable[HeadLike], temperature: float = 1.0
+    ) -> None:
         super().__init__(lm, heads)
         if not temperature > 0 or not math.isfinite(temperature):
             raise InterventionError(f"temperature must be > 0, got {temperature}")
@@ -235,7 +240,9 @@ class FocusDirections(Intervention):
 
     name = "focus"
 
-    def __init__(self, lm, directions: FocusDirectionSet, scale: float = 0.25) -> None:
+    def __init__(
+        self, lm: LoadedModel, directions: FocusDirectionSet, scale: float = FOCUS_SCALE
+    ) -> None:
         super().__init__(lm, list(directions.directions))
         dim = lm.layout.head_dim
         for head, (dq, dk) in directions.directions.items():

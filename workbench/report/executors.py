@@ -16,17 +16,20 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from workbench.report.plan import ModelSpec, ReportError
 from workbench.report.tasks import Task, execute
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 DoneFn = Callable[[Task, Any], None]
 TaskProgressFn = Callable[[Task, int, int], None]
 CONNECT_TIMEOUT_S = 10.0
 
 
-def load(spec: ModelSpec):
+def load(spec: ModelSpec) -> LoadedModel:
     """Load the model a spec names (nothing is downloaded)."""
     from workbench.lm import load_model
 
@@ -44,7 +47,7 @@ class Executor(ABC):
     ) -> None:
         """Run every task; results arrive through ``on_done`` (in completion order)."""
 
-    def adopt(self, models: Mapping[ModelSpec, Any]) -> None:  # noqa: B027  (optional hook)
+    def adopt(self, models: Mapping[ModelSpec, LoadedModel]) -> None:  # noqa: B027  (optional hook)
         """Models already loaded in this process, for executors that run tasks here."""
 
     def close(self) -> None:  # noqa: B027  (optional hook)
@@ -61,9 +64,9 @@ class SerialExecutor(Executor):
     name = "serial"
 
     def __init__(self, **_: Any) -> None:
-        self.models: dict[ModelSpec, Any] = {}
+        self.models: dict[ModelSpec, LoadedModel] = {}
 
-    def adopt(self, models: Mapping[ModelSpec, Any]) -> None:
+    def adopt(self, models: Mapping[ModelSpec, LoadedModel]) -> None:
         self.models.update(models)
 
     def run(
@@ -215,7 +218,7 @@ class _RayWorker:
 
         torch.set_num_threads(threads)  # same thread count as the driver: same float sums
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.models: dict[ModelSpec, Any] = {}
+        self.models: dict[ModelSpec, LoadedModel] = {}
 
     def execute(self, task: Task) -> Any:
         if task.model not in self.models:

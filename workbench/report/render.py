@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -15,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.report.store import atomic_write, jsonable
+from workbench.report.store import atomic_write
+from workbench.serialize import jsonable
 
 CHROMIUM_CANDIDATES = (
     "/usr/bin/chromium",
@@ -95,63 +95,6 @@ def atlas_figure(results: Results):
     return fig
 
 
-CAUSAL_PANELS_PER_ROW = 4
-
-
-def causal_figure(causal: pd.DataFrame):
-    """Task metric with nothing / the top-k heads / k random same-layer heads ablated."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    if causal.empty:
-        return None
-    analyzers = list(dict.fromkeys(causal["analyzer"]))
-    # the metric goes under the analyzer's name: y-axis titles collide between narrow panels
-    titles = [
-        f"{a}<br><sup>{causal.loc[causal['analyzer'] == a, 'metric'].iloc[0]}</sup>"
-        for a in analyzers
-    ]
-    ncols = min(CAUSAL_PANELS_PER_ROW, len(analyzers))
-    nrows = math.ceil(len(analyzers) / ncols)
-    fig = make_subplots(
-        rows=nrows,
-        cols=ncols,
-        subplot_titles=titles,
-        horizontal_spacing=0.06,
-        vertical_spacing=0.5 / (nrows * 2) if nrows > 1 else 0.0,
-    )
-    colours = {"base": "#7f7f7f", "top-k ablated": "#d62728", "random-k ablated": "#1f77b4"}
-    for i, analyzer in enumerate(analyzers):
-        part = causal[causal["analyzer"] == analyzer]
-        row, col_ = divmod(i, ncols)
-        for label, col in (
-            ("base", "base"),
-            ("top-k ablated", "top_k"),
-            ("random-k ablated", "random_k_mean"),
-        ):
-            fig.add_trace(
-                go.Bar(
-                    x=part["model"],
-                    y=part[col],
-                    name=label,
-                    marker_color=colours[label],
-                    showlegend=i == 0,
-                    legendgroup=label,
-                ),
-                row=row + 1,
-                col=col_ + 1,
-            )
-    fig.update_layout(
-        title="Causal evidence: ablate the top-k heads vs k random same-layer heads",
-        barmode="group",
-        height=140 + 380 * nrows,
-        width=max(640, 300 * ncols),
-        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.08},
-        margin={"t": 110},
-    )
-    return fig
-
-
 def example_figure(example: Mapping[str, Any]):
     """One head's attention map on the example prompt."""
     import plotly.graph_objects as go
@@ -199,6 +142,8 @@ def render_html(
     """Write the self-contained report; returns the main figures by name (for PNGs)."""
     from plotly.offline import get_plotlyjs
 
+    from workbench.charts import causal_grid_figure  # plotly is an optional extra
+
     analyzers = list(dict.fromkeys(a for frames in results.values() for a in frames))
     figures: dict[str, Any] = {}
     parts = [
@@ -225,7 +170,7 @@ def render_html(
         figures["atlas"] = atlas
         parts += ["<h2 id='atlas'>Head atlas</h2>", _div(atlas, "atlas")]
     parts.append("<h2 id='causal'>Causal evidence</h2>")
-    fig = causal_figure(causal)
+    fig = causal_grid_figure(causal)
     if fig is not None:
         figures["causal"] = fig
         parts += [_div(fig, "causal-chart"), _table(causal)]

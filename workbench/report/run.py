@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -39,6 +39,9 @@ from workbench.report.plan import (
 from workbench.report.progress import ProgressBoard
 from workbench.report.store import Store, atomic_write, dump_json, frame_bytes
 from workbench.report.tasks import Task
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 log = logging.getLogger("workbench.report")
 
@@ -97,7 +100,9 @@ def check_config(config: ReportConfig) -> None:
         raise ReportError(f"--out {out} is a file; give a folder (new or a report's)")
 
 
-def _default_items(analyzer: str, spec: ModelSpec, config: ReportConfig, cache: dict):
+def _default_items(
+    analyzer: str, spec: ModelSpec, config: ReportConfig, cache: dict[ModelSpec, LoadedModel]
+) -> list[Any] | None:
     """The analyzer's fixed default prompts, when it has them (loads the model on the CPU in
     the driver once; ``cache`` keeps it for the serial executor to reuse)."""
     an = get_analyzer(analyzer)
@@ -111,7 +116,7 @@ def _default_items(analyzer: str, spec: ModelSpec, config: ReportConfig, cache: 
 
 
 def build_plans(
-    config: ReportConfig, driver_models: dict[ModelSpec, Any] | None = None
+    config: ReportConfig, driver_models: dict[ModelSpec, LoadedModel] | None = None
 ) -> list[AnalyzerPlan]:
     """Every (model, analyzer) with its prompt items and units. Models the driver loads to
     build default prompts are left in ``driver_models`` (fresh dict when None)."""
@@ -221,7 +226,7 @@ class Report:
         """Compute what is missing, write every output; returns the summary."""
         t0 = time.perf_counter()
         config = self.config
-        driver_models: dict[ModelSpec, Any] = {}
+        driver_models: dict[ModelSpec, LoadedModel] = {}
         plans = build_plans(config, driver_models)
         digest, params = fingerprint(config, plans)
         resumed = self.store.claim(digest, params, config.force)

@@ -16,29 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from workbench.report.plan import ReportError
+from workbench.serialize import jsonable
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 OUTPUTS = ("heads.parquet", "heads.csv", "report.html", "summary.json", "evidence", "figures")
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with numpy / pandas / tuple values turned into plain JSON types."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

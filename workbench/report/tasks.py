@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from workbench.report.plan import ModelSpec, Unit
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 ProgressFn = Callable[[int, int], None]
 EXAMPLE_TOKENS = 48  # example attention maps: first tokens of the example prompt
@@ -36,7 +39,7 @@ class Task:
         return self.unit.kind in ("shard", "single", "frames")
 
 
-def execute(task: Task, lm, progress: ProgressFn | None = None) -> Any:
+def execute(task: Task, lm: LoadedModel, progress: ProgressFn | None = None) -> Any:
     """Compute ``task`` on the loaded model ``lm``: a DataFrame for table units, the causal
     dict for causal units, a list of example maps for example units."""
     from workbench.analyzers import analyze
@@ -71,9 +74,11 @@ def execute(task: Task, lm, progress: ProgressFn | None = None) -> Any:
     raise ValueError(f"unknown unit kind {kind!r}")
 
 
-def example_maps(lm, prompt: str, heads: dict[str, list[tuple[int, int]]]) -> list[dict[str, Any]]:
+def example_maps(
+    lm: LoadedModel, prompt: str, heads: dict[str, list[tuple[int, int]]]
+) -> list[dict[str, Any]]:
     """Attention maps of ``heads`` (by analyzer) on the first :data:`EXAMPLE_TOKENS` tokens of
-    ``prompt``, one capture per layer."""
+    ``prompt``, one capture per layer: each a dict with the head and its (L, L) ``map``."""
     if not prompt.strip():
         prompt = "The cat sat on the mat. The cat sat on the mat."
     enc = lm.encode(prompt)

@@ -1,0 +1,69 @@
+"""Small layout pieces every view uses (help lines, error boxes, number inputs, graph config)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dash import dcc, html
+
+GRAPH_CONFIG = {
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+    "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+}
+#: Graphs whose mode bar only gets in the way (grids users click, small charts).
+QUIET_GRAPH_CONFIG = {**GRAPH_CONFIG, "displayModeBar": False}
+
+
+def help_text(text: str, **kwargs: Any) -> html.P:
+    return html.P(text, className="help", **kwargs)
+
+
+def alert(id_: str) -> html.Div:
+    """An error box: empty (hidden by CSS) until a callback puts a message in it."""
+    return html.Div(id=id_, className="alert", role="alert")
+
+
+def muted(text: str) -> html.Span:
+    return html.Span(text, className="muted")
+
+
+def label(text: str, extra: str = "") -> html.Span:
+    return html.Span(text, className=f"label {extra}".strip())
+
+
+def number(id_: str, value: Any = None, **kwargs: Any) -> dcc.Input:
+    """A small number box."""
+    return dcc.Input(id=id_, type="number", value=value, className="num", **kwargs)
+
+
+def text_input(id_: str, placeholder: str, **kwargs: Any) -> dcc.Input:
+    """A wide one-line text box."""
+    return dcc.Input(
+        id=id_, type="text", value="", placeholder=placeholder, className="text wide", **kwargs
+    )
+
+
+def button(text: str, id_: str, kind: str = "", **kwargs: Any) -> html.Button:
+    """A button (``kind``: "primary", "ghost" or plain)."""
+    return html.Button(text, id=id_, n_clicks=0, className=f"btn {kind}".strip(), **kwargs)
+
+
+def cancel_button(id_: str) -> html.Button:
+    """The Cancel button of a background job (enabled while the job runs)."""
+    return button("Cancel", id_, "ghost", disabled=True)
+
+
+def controls(*children: Any, extra: str = "", **kwargs: Any) -> html.Div:
+    """A row of controls."""
+    return html.Div(className=f"controls {extra}".strip(), children=list(children), **kwargs)
+
+
+def tab(label_: str, value: str, tab_id: str, *children: Any) -> dcc.Tab:
+    """A view's tab with its body."""
+    return dcc.Tab(
+        label=label_,
+        value=value,
+        id=tab_id,
+        children=[html.Div(className="tab-body", children=list(children))],
+    )

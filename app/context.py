@@ -1,0 +1,112 @@
+"""What every view's callbacks share: the model, the session store, job settings, and the
+life cycle of background jobs (completion marks and the watchdog that reports a killed job).
+
+State design: the model is shared read only; every forward pass runs in a background callback,
+a process forked from the server, so probes and interventions attach their hooks to that
+process's copy only. Per-session state lives in the browser (``dcc.Store``) or, for per-head
+arrays, in the server-side :class:`~app.state.SessionStore` keyed by the page's session id.
+No callback mutates module state. Every callback catches its errors and writes a readable
+message into the page; an unexpected exception is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dash import Input, Output, State
+from dash.exceptions import PreventUpdate
+
+from app import ids
+from app.state import SessionStore
+from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    import dash
+
+    from workbench.lm import LoadedModel
+    from workbench.models import ModelInfo
+
+log = logging.getLogger("workbench.app")
+
+STOPPED = (
+    "Stopped: the job was cancelled, or its worker process ended before it finished "
+    "(see the server log)."
+)
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """What callbacks need besides their inputs (read only).
+
+    Attributes:
+        lm: the model every view uses (read only; forwards run in forked jobs).
+        store: per-session arrays on disk.
+        job_threads: torch threads per background job.
+        analyzers: ``(name, summary)`` of every registered analyzer.
+    """
+
+    lm: LoadedModel
+    store: SessionStore
+    job_threads: int = 1
+    analyzers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.lm.info
+
+    @staticmethod
+    def job_key(kind: str, *clicks: Any) -> str:
+        """Name of one job run: its kind and the click counts that started it."""
+        return f"{kind}-" + "-".join(str(c or 0) for c in clicks)
+
+    def mark_done(self, session: str, kind: str, *clicks: Any) -> None:
+        """Record that a job finished (successfully or with a handled error)."""
+        self.store.mark_done(session, self.job_key(kind, *clicks))
+
+
+def watchdog(
+    app: dash.Dash, ctx: AppContext, kind: str, busy_id: str, error_id: str, clicks: list[str]
+) -> None:
+    """Report a job that ended without writing its completion mark (cancelled or killed)."""
+
+    @app.callback(
+        Output(error_id, "children", allow_duplicate=True),
+        Input(busy_id, "data"),
+        *[State(c, "n_clicks") for c in clicks],
+        State(ids.SESSION, "data"),
+        prevent_initial_call=True,
+    )
+    def check(busy: bool, *args: Any) -> str:
+        sid = args[-1]
+        if busy or ctx.store.job_done(sid, ctx.job_key(kind, *args[:-1])):
+            raise PreventUpdate
+        return STOPPED
+
+
+def message_of(exc: BaseException, what: str = "The request") -> str:
+    """One readable line for an exception (WorkbenchError messages are written for users)."""
+    if isinstance(exc, WorkbenchError):
+        return str(exc)
+    log.error("%s failed", what, exc_info=exc)
+    return (
+        f"{what} failed unexpectedly ({type(exc).__name__}: {exc}). The app is still running; "
+        "the traceback is in the server log."
+    )
+
+
+def as_int(value: Any, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """A whole number from an input box, or a WorkbenchError naming the field and range."""
+    try:
+        f = float(value)
+        if not math.isfinite(f) or f != int(f):
+            raise ValueError
+        ivalue = int(f)
+    except (TypeError, ValueError):
+        raise WorkbenchError(f"{name} must be a whole number, got {value!r}") from None
+    if (lo is not None and ivalue < lo) or (hi is not None and ivalue > hi):
+        bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+        raise WorkbenchError(f"{name} must be in {bounds}, got {ivalue}")
+    return ivalue

@@ -1,0 +1,96 @@
+"""Every component id of the page, defined once.
+
+Layouts, callbacks, clientside JavaScript (built from these names) and the browser tests all
+refer to the same strings; nothing else spells an id.
+"""
+
+from __future__ import annotations
+
+# -- page-wide stores (browser-side state) ----------------------------------------------------
+SESSION = "session-id"  # a fresh uuid per page load: the key of server-side arrays
+RUN_META = "run-meta"  # the current run: id, tokens, sizes
+SEL_HEAD = "sel-head"  # {"layer", "head"} opened in the explorer
+SEL_QUERY = "sel-query"  # {"run_id", "pos"} query token of the token view
+HEAD_VIEW = "head-view"  # what the head heatmap shows (full / window / overview)
+WINDOW_META = "window-meta"  # the last exact query rows computed for a long prompt
+ATLAS_RESULTS = "atlas-results"  # {analyzer: result} of this session
+IV_RESULT = "iv-result"  # the last intervention's result
+RUN_BUSY, AN_BUSY, IV_BUSY, ZOOM_BUSY = "run-busy", "an-busy", "iv-busy", "zoom-busy"
+ZOOM_REQUEST = "zoom-request"  # bumped by a click on an overview row: compute its rows
+DOWNLOAD = "download"
+MODEL_INFO = "model-info"
+TABS = "tabs"
+
+
+def tab(view: str) -> str:
+    """Id of a view's tab (``tab-explorer``...)."""
+    return f"tab-{view}"
+
+
+# -- prompt -----------------------------------------------------------------------------------
+PROMPT, CHAT, N_NEW = "prompt", "chat", "n-new"
+RUN_FORWARD, RUN_GENERATE, RUN_CANCEL = "run-forward", "run-generate", "run-cancel"
+RUN_STATUS, PROMPT_ERROR, CONTINUATION = "run-status", "prompt-error", "continuation"
+
+# -- explorer ---------------------------------------------------------------------------------
+SEL_LAYER_IN, SEL_HEAD_IN, OPEN_HEAD = "sel-layer-in", "sel-head-in", "open-head"
+CONTRAST, EXPLORER_ERROR = "contrast", "explorer-error"
+GRID_GRAPH, HEAD_GRAPH = "grid-graph", "head-graph"
+HEAD_TITLE, HEAD_HELP = "head-title", "head-help"
+WINDOW_CONTROLS, WIN_START, WIN_END = "window-controls", "win-start", "win-end"
+WIN_SHOW, WIN_CANCEL, WIN_RESET, WIN_STATUS = "win-show", "win-cancel", "win-reset", "win-status"
+TOKENS_TITLE, QUERY_IN, TOKEN_VIEW, TOKEN_LEGEND = (
+    "tokens-title",
+    "query-in",
+    "token-view",
+    "token-legend",
+)
+TOKEN_TYPE = "tok"  # pattern-matching id {"type": "tok", "index": position} of a token span
+
+
+def token(position: int) -> dict[str, object]:
+    """Id of the token span at ``position`` in the token view."""
+    return {"type": TOKEN_TYPE, "index": position}
+
+
+# -- head atlas -------------------------------------------------------------------------------
+AN_NAME, AN_NPROMPTS, AN_CAUSAL, AN_TOPK = "an-name", "an-nprompts", "an-causal", "an-topk"
+AN_SUMMARY, AN_PARAMS, AN_RUN, AN_CANCEL = "an-summary", "an-params", "an-run", "an-cancel"
+AN_PROGRESS, AN_STATUS, AN_ERROR, AN_ATTRS = "an-progress", "an-status", "an-error", "an-attrs"
+SCORE_GRAPH, CAUSAL_GRAPH, CAUSAL_INFO = "score-graph", "causal-graph", "causal-info"
+SCORE_TABLE = "score-table"
+
+# -- intervene --------------------------------------------------------------------------------
+IV_HEADS, IV_ADD_SEL, IV_K, IV_FROM, IV_TOPK = (
+    "iv-heads",
+    "iv-add-sel",
+    "iv-k",
+    "iv-from",
+    "iv-topk",
+)
+IV_HEADS_INFO, IV_MODE = "iv-heads-info", "iv-mode"
+IV_REF, IV_EMPH, IV_USE_SEL, IV_ALPHA = "iv-ref", "iv-emph", "iv-use-sel", "iv-alpha"
+IV_BETA, IV_FOCUS_PATH, IV_SCALE = "iv-beta", "iv-focus-path", "iv-scale"
+IV_TARGETS, IV_N, IV_RUN, IV_CANCEL = "iv-targets", "iv-n", "iv-run", "iv-cancel"
+IV_STATUS, IV_ERROR, IV_COMPARE, KL_GRAPH = "iv-status", "iv-error", "iv-compare", "kl-graph"
+IV_BASE_TEXT, IV_NEW_TEXT = "iv-base-text", "iv-new-text"
+
+
+def iv_options(mode: str) -> str:
+    """Id of the options panel of intervention ``mode`` (``iv-opt-pasta``...)."""
+    return f"iv-opt-{mode}"
+
+
+# -- export -----------------------------------------------------------------------------------
+EX_FIG, EX_FIG_FORMAT, EX_FIG_BTN = "ex-fig", "ex-fig-format", "ex-fig-btn"
+EX_TABLE, EX_TABLE_FORMAT, EX_TABLE_BTN = "ex-table", "ex-table-format", "ex-table-btn"
+EX_ERROR = "ex-error"
+
+#: The figures a user can export, by graph id.
+FIGURES = {
+    HEAD_GRAPH: "Attention heatmap of the selected head",
+    GRID_GRAPH: "All-heads grid",
+    SCORE_GRAPH: "Head score grid (atlas)",
+    CAUSAL_GRAPH: "Causal check (atlas)",
+    KL_GRAPH: "Per-token KL and target changes (intervene)",
+}

@@ -1,0 +1,326 @@
+"""The head atlas view: score every head with an analyzer (a background job), see the score
+grid, the table, the analyzer's counts, and its causal check (the shared causal chart of
+:mod:`workbench.charts`). Clicking a head opens it in the explorer (:mod:`.explorer.grid`)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from dash import Input, Output, Patch, State, dash_table, dcc, html, no_update
+from dash.dash_table.Format import Format, Scheme
+from plotly.colors import get_colorscale
+
+from app import figures, ids, jobs
+from app.components import (
+    GRAPH_CONFIG,
+    QUIET_GRAPH_CONFIG,
+    alert,
+    button,
+    cancel_button,
+    controls,
+    help_text,
+    label,
+    muted,
+    number,
+    tab,
+    text_input,
+)
+from app.context import AppContext, as_int, message_of, watchdog
+from workbench.charts import causal_figure
+from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    import dash
+
+NAME = "atlas"
+#: attrs shown elsewhere (or too bulky for the summary chips).
+HIDDEN_ATTRS = ("causal", "model", "analyzer", "params", "prompts_used", "prompts_total")
+
+
+def layout(wb: AppContext) -> dcc.Tab:
+    names = [n for n, _ in wb.analyzers]
+    default = "sinks" if "sinks" in names else names[0]
+    info = wb.info
+    table_style = {"fontFamily": figures.FONT, "fontSize": "13px", "padding": "4px 8px"}
+    return tab(
+        "Head atlas",
+        NAME,
+        ids.tab(NAME),
+        help_text(
+            "Score every head with an analyzer (runs in the background; the page "
+            "stays usable). The causal check ablates the top-k heads and k random "
+            "heads of the same layers: an attention score alone is not an "
+            "explanation. Click a head in the grid or the table to open it in the "
+            "explorer."
+        ),
+        controls(
+            label("analyzer"),
+            dcc.Dropdown(
+                id=ids.AN_NAME,
+                options=[{"label": n, "value": n} for n in names],
+                value=default,
+                clearable=False,
+                className="dropdown",
+            ),
+            muted("prompts"),
+            number(ids.AN_NPROMPTS, 4, min=1, step=1),
+            dcc.Checklist(
+                id=ids.AN_CAUSAL,
+                options=[{"label": " causal check", "value": "causal"}],
+                value=["causal"],
+                inline=True,
+                className="check",
+            ),
+            muted("top-k"),
+            number(ids.AN_TOPK, 5, min=1, step=1),
+        ),
+        html.Div(id=ids.AN_SUMMARY, className="help"),
+        controls(
+            muted("more parameters"),
+            text_input(ids.AN_PARAMS, 'JSON, e.g. {"prompt_tokens": 32, "draws": 2}'),
+            button("Run analyzer", ids.AN_RUN, "primary"),
+            cancel_button(ids.AN_CANCEL),
+        ),
+        html.Div(
+            className="progress-row",
+            children=[
+                html.Progress(id=ids.AN_PROGRESS, value="0", max="1", className="progress"),
+                html.Span(id=ids.AN_STATUS, className="status"),
+            ],
+        ),
+        alert(ids.AN_ERROR),
+        html.Div(
+            className="two-col",
+            children=[
+                html.Div(
+                    className="col-main",
+                    children=[
+                        dcc.Graph(
+                            id=ids.SCORE_GRAPH,
+                            figure=figures.score_grid_figure(info.n_layers, info.n_heads),
+                            config=GRAPH_CONFIG,
+                        )
+                    ],
+                ),
+                html.Div(
+                    className="col-side",
+                    children=[
+                        dcc.Graph(
+                            id=ids.CAUSAL_GRAPH,
+                            figure=figures.empty_figure(
+                                "The causal check appears here.", height=330
+                            ),
+                            config=QUIET_GRAPH_CONFIG,
+                        ),
+                        html.Div(id=ids.CAUSAL_INFO, className="help"),
+                    ],
+                ),
+            ],
+        ),
+        html.Div(id=ids.AN_ATTRS, className="attrs"),
+        dash_table.DataTable(
+            id=ids.SCORE_TABLE,
+            data=[],
+            columns=[],
+            sort_action="native",
+            sort_by=[{"column_id": "score", "direction": "desc"}],
+            filter_action="native",
+            page_size=12,
+            style_table={"overflowX": "auto"},
+            style_cell={**table_style, "textAlign": "right"},
+            style_header={"fontWeight": "600", "backgroundColor": "#f5f7fa"},
+            style_cell_conditional=[{"if": {"column_id": "head_id"}, "textAlign": "left"}],
+        ),
+    )
+
+
+def parse_params(text: str | None) -> dict[str, Any]:
+    """The "more parameters" box as a dict (empty box: no parameters)."""
+    if not text or not text.strip():
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkbenchError(
+            f'more parameters must be JSON, e.g. {{"prompt_tokens": 32}} ({exc.msg})'
+        ) from None
+    if not isinstance(params, dict):
+        raise WorkbenchError('more parameters must be a JSON object, e.g. {"draws": 2}')
+    return params
+
+
+def table_columns(result: dict[str, Any], df: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataTable column specs: floats to 4 decimals, booleans as text."""
+    columns = []
+    for col in result["columns"]:
+        spec: dict[str, Any] = {"id": col, "name": col}
+        if col in df and pd.api.types.is_float_dtype(df[col]):
+            spec.update(type="numeric", format=Format(precision=4, scheme=Scheme.fixed))
+        elif col in df and pd.api.types.is_bool_dtype(df[col]):
+            spec["presentation"] = "input"
+        columns.append(spec)
+    return columns
+
+
+def table_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    data = df.to_dict("records")
+    for row in data:
+        for key, value in row.items():
+            if isinstance(value, bool | np.bool_):
+                row[key] = "yes" if value else "no"
+    return data
+
+
+def causal_view(causal: dict[str, Any] | None) -> tuple[Any, Any]:
+    """The causal chart and its text summary (metric, changes, the heads ablated)."""
+    if not causal:
+        message = "No causal check in this result (tick 'causal check' and run again)."
+        return figures.empty_figure(message, height=330), None
+    k = causal.get("k")
+    base = causal.get("base") or 0.0
+    d_top = (causal.get("top_k") or 0.0) - base
+    d_rand = (causal.get("random_k_mean") or 0.0) - base
+    random_heads = "; ".join(", ".join(s) for s in causal.get("random_heads", []))
+    return causal_figure(causal), [
+        html.Div(f"Metric: {causal.get('metric')}"),
+        html.Div(f"Change with top-{k} ablated: {d_top:+.4g}; with random-{k}: {d_rand:+.4g}"),
+        html.Div(f"Top heads: {', '.join(causal.get('top_heads', []))}"),
+        html.Div("Random heads: " + random_heads),
+    ]
+
+
+def attrs_view(result: dict[str, Any]) -> Any:
+    """A compact summary of an analyzer's ``df.attrs`` (counts, rates, parameters)."""
+    attrs = dict(result.get("attrs") or {})
+    items: list = []
+    used, total = attrs.get("prompts_used"), attrs.get("prompts_total")
+    if used is not None:
+        items.append(f"prompts used {used}/{total}")
+    if attrs.get("interrupted"):
+        items.append("interrupted")
+    for key, value in attrs.items():
+        if key in HIDDEN_ATTRS or key == "interrupted":
+            continue
+        if isinstance(value, bool | int | float | str) and value is not None:
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            if len(text) <= 80:
+                items.append(f"{key} {text}")
+        elif (
+            isinstance(value, list) and value and isinstance(value[0], dict) and "token" in value[0]
+        ):
+            top = ", ".join(
+                f"{figures.token_text(v['token'])} ({v.get('count', '')})" for v in value[:8]
+            )
+            items.append(f"{key}: {top}")
+    params = attrs.get("params") or result.get("params")
+    if params:
+        items.append("parameters " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    return [html.Span(t, className="chip") for t in items]
+
+
+def register(app: dash.Dash, wb: AppContext) -> None:
+    """The analyzer summary line, the analyzer job, and drawing its result."""
+    summaries = dict(wb.analyzers)
+    n_layers, n_heads = wb.info.n_layers, wb.info.n_heads
+
+    @app.callback(Output(ids.AN_SUMMARY, "children"), Input(ids.AN_NAME, "value"))
+    def analyzer_summary(name):
+        return f"{name}: {summaries.get(name, '')}" if name else ""
+
+    @app.callback(
+        Output(ids.ATLAS_RESULTS, "data"),
+        Output(ids.AN_ERROR, "children"),
+        Input(ids.AN_RUN, "n_clicks"),
+        State(ids.AN_NAME, "value"),
+        State(ids.AN_NPROMPTS, "value"),
+        State(ids.AN_CAUSAL, "value"),
+        State(ids.AN_TOPK, "value"),
+        State(ids.AN_PARAMS, "value"),
+        State(ids.ATLAS_RESULTS, "data"),
+        State(ids.SESSION, "data"),
+        background=True,
+        prevent_initial_call=True,
+        running=[
+            (Output(ids.AN_RUN, "disabled"), True, False),
+            (Output(ids.AN_CANCEL, "disabled"), False, True),
+            (Output(ids.AN_PROGRESS, "style"), {"visibility": "visible"}, {"visibility": "hidden"}),
+            (Output(ids.AN_BUSY, "data"), True, False),
+        ],
+        cancel=[Input(ids.AN_CANCEL, "n_clicks")],
+        progress=[
+            Output(ids.AN_PROGRESS, "value"),
+            Output(ids.AN_PROGRESS, "max"),
+            Output(ids.AN_STATUS, "children"),
+        ],
+        interval=500,
+    )
+    def analyzer_job(set_progress, n, name, n_prompts, causal, top_k, params_text, results, sid):
+        try:
+            jobs.setup_worker(wb.job_threads)
+            if not name:
+                raise WorkbenchError("pick an analyzer")
+            params = parse_params(params_text)
+            params = {
+                "n_prompts": as_int(n_prompts, "prompts", 1),
+                "causal": bool(causal),
+                "top_k": as_int(top_k, "top-k", 1),
+                **params,
+            }
+            set_progress(("0", "1", f"Starting {name}…"))
+
+            def report(desc: str, i: int, total: int) -> None:
+                text = f"{desc or name}: {i}/{total}"
+                if i >= total and params.get("causal") and desc == name:
+                    text += " · causal check (ablating top-k and random-k heads)…"
+                set_progress((str(i), str(max(total, 1)), text))
+
+            result = jobs.run_analyzer(wb.lm, name, params, report)
+            done = f"{name}: {len(result['records'])} heads scored in {result['seconds']:.1f} s"
+            set_progress(("1", "1", done))
+            return {**(results or {}), name: result}, ""
+        except Exception as exc:
+            set_progress(("0", "1", ""))
+            return no_update, f"The {name} job failed: {message_of(exc, f'The {name} job')}"
+        finally:
+            wb.mark_done(sid, "an", n)
+
+    watchdog(app, wb, "an", ids.AN_BUSY, ids.AN_ERROR, [ids.AN_RUN])
+
+    @app.callback(
+        Output(ids.SCORE_GRAPH, "figure", allow_duplicate=True),
+        Output(ids.SCORE_TABLE, "data"),
+        Output(ids.SCORE_TABLE, "columns"),
+        Output(ids.CAUSAL_GRAPH, "figure"),
+        Output(ids.CAUSAL_INFO, "children"),
+        Output(ids.AN_ATTRS, "children"),
+        Output(ids.IV_FROM, "options"),
+        Input(ids.ATLAS_RESULTS, "data"),
+        Input(ids.AN_NAME, "value"),
+        prevent_initial_call="initial_duplicate",
+    )
+    def render_atlas(results, name):
+        results = results or {}
+        options = [{"label": k, "value": k} for k in sorted(results)]
+        result = results.get(name)
+        patch = Patch()
+        if not result:
+            patch["data"][0]["z"] = [[None] * n_layers for _ in range(n_heads)]
+            patch["layout"]["title"]["text"] = (
+                f"Head scores: {name} not run yet in this session" if name else "Head scores"
+            )
+            empty = figures.empty_figure("Run the analyzer to see its causal check.", height=330)
+            return patch, [], [], empty, None, None, options
+        df = pd.DataFrame(result["records"])
+        vals = figures.score_grid_values(df, n_layers, n_heads)
+        patch["data"][0]["z"] = vals["z"]
+        patch["data"][0]["zmin"] = vals["zmin"]
+        patch["data"][0]["zmax"] = vals["zmax"]
+        patch["data"][0]["colorscale"] = get_colorscale(vals["colorscale"])
+        patch["data"][0]["colorbar"]["title"]["text"] = f"{name}<br>score"
+        patch["layout"]["title"]["text"] = f"{name}: score per head (click a head to open it)"
+        cfig, info_children = causal_view((result.get("attrs") or {}).get("causal"))
+        columns = table_columns(result, df)
+        return patch, table_rows(df), columns, cfig, info_children, attrs_view(result), options

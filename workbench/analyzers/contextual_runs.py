@@ -1,0 +1,140 @@
+"""Model runs of the contextual-heads analysis (Zhu et al. 2025, arXiv 2503.23306) on encoded
+multi-document QA items (:mod:`workbench.analyzers.mdqa`): greedy answers, the attention mass
+of every head on every document at the answer rows (statistics probe span mass, no L x L maps),
+QA accuracy, the gold answer's log-probability, and the per-head scores built from the masses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from workbench.analyzers.base import AnalyzerError
+from workbench.analyzers.mdqa import EncodedItem, answer_rows, is_correct
+from workbench.generation import greedy_generate
+from workbench.lm import Encoded
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
+
+
+def with_answer(ei: EncodedItem, answer_ids: Sequence[int]) -> Encoded:
+    """The prompt followed by ``answer_ids`` (the assistant turn's first tokens)."""
+    extra = torch.tensor([list(answer_ids)], dtype=ei.enc.input_ids.dtype)
+    ids = torch.cat([ei.enc.input_ids, extra], dim=1)
+    mask = torch.ones_like(ids)
+    return Encoded(ids, mask, [], ei.enc.text, ei.enc.chat)
+
+
+def greedy_ids(lm: LoadedModel, enc: Encoded, max_new_tokens: int = 24) -> list[int]:
+    """Greedy continuation ids (:func:`workbench.generation.greedy_generate`, as
+    :meth:`LoadedModel.generate`), cut at the first special token (the end of the assistant
+    turn)."""
+    (new,) = greedy_generate(lm, [enc], max_new_tokens=max_new_tokens)
+    special = set(lm.tokenizer.all_special_ids)
+    ids: list[int] = []
+    for t in new.tolist():
+        if t in special:
+            break
+        ids.append(int(t))
+    return ids
+
+
+def answer_span_mass(lm: LoadedModel, ei: EncodedItem, answer_ids: Sequence[int]) -> torch.Tensor:
+    """(layers, heads, n_answer, n_docs): attention mass of every head on every document at
+    the rows producing each answer token (teacher-forced; statistics probe span mass)."""
+    if not answer_ids:
+        raise AnalyzerError("no answer tokens to score")
+    enc = with_answer(ei, answer_ids)
+    rows = answer_rows(ei.n_prompt, len(answer_ids))
+    with lm.statistics(
+        received=False, entropy=False, argmax=False, distance=False, spans=ei.spans
+    ) as stats:
+        lm.forward(enc)
+    rec = stats.records
+    return torch.stack(
+        [rec[layer].stats["span_mass"][0][:, rows].double() for layer in range(lm.info.n_layers)]
+    )
+
+
+def qa_accuracy(lm: LoadedModel, eitems: Sequence[EncodedItem], max_new_tokens: int = 24) -> float:
+    """Share of items whose greedy answer contains the gold answer (or an alias)."""
+    hits = 0
+    for ei in eitems:
+        text = lm.tokenizer.decode(greedy_ids(lm, ei.enc, max_new_tokens))
+        hits += is_correct(text, ei.item)
+    return hits / max(len(eitems), 1)
+
+
+@torch.no_grad()
+def answer_logprob(lm: LoadedModel, eitems: Sequence[EncodedItem]) -> float:
+    """Mean log-probability (nats per token) of the gold answer tokens teacher-forced as the
+    first tokens of the assistant turn (a smooth companion of the containment accuracy)."""
+    total, count = 0.0, 0
+    for ei in eitems:
+        enc = with_answer(ei, ei.answer_ids)
+        logits = lm.forward(enc)[0].double()
+        rows = answer_rows(ei.n_prompt, len(ei.answer_ids))
+        logp = torch.log_softmax(logits[rows], dim=-1)
+        target = torch.tensor(ei.answer_ids)
+        total += float(logp.gather(1, target.view(-1, 1)).sum())
+        count += len(ei.answer_ids)
+    return total / max(count, 1)
+
+
+def relevant_mass(
+    lm: LoadedModel, eitems: Sequence[EncodedItem], heads: Sequence[tuple[int, int]]
+) -> float:
+    """Mean attention mass of ``heads`` on the relevant document at the gold answer rows."""
+    values = []
+    for ei in eitems:
+        mass = answer_span_mass(lm, ei, ei.answer_ids)
+        for layer, head in heads:
+            values.append(float(mass[layer, head, :, ei.relevant].mean()))
+    return sum(values) / max(len(values), 1)
+
+
+def item_scores(mass: torch.Tensor, relevant: int) -> dict[str, torch.Tensor]:
+    """Per-head numbers of one prompt from its answer-row span masses ``mass``
+    (layers, heads, n_answer, n_docs): each averaged over the answer tokens, the mass on the
+    relevant document, on all documents, on the irrelevant ones, and the relevant share."""
+    m = mass.double().mean(2)
+    rel = m[..., relevant]
+    all_docs = m.sum(-1)
+    return {
+        "relevant": rel,
+        "all_docs": all_docs,
+        "irrelevant": all_docs - rel,
+        "share": rel / all_docs.clamp_min(1e-12),
+    }
+
+
+def aggregate(
+    per_item: Sequence[dict[str, torch.Tensor]], counted: Sequence[bool]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Mean of :func:`item_scores` over the ``counted`` prompts (those answered correctly),
+    or over all prompts when none is counted; also ``relevant_all_prompts`` over all prompts.
+    Returns the means and a note saying which prompts were averaged."""
+    if not per_item:
+        raise AnalyzerError("no scored prompts")
+    chosen = [d for d, c in zip(per_item, counted, strict=True) if c]
+    note = "correct prompts"
+    if not chosen:
+        chosen, note = list(per_item), "all prompts (none answered correctly)"
+    means = {k: torch.stack([d[k] for d in chosen]).mean(0) for k in per_item[0]}
+    means["relevant_all_prompts"] = torch.stack([d["relevant"] for d in per_item]).mean(0)
+    return means, note
+
+
+__all__ = [
+    "aggregate",
+    "answer_logprob",
+    "answer_span_mass",
+    "greedy_ids",
+    "item_scores",
+    "qa_accuracy",
+    "relevant_mass",
+    "with_answer",
+]

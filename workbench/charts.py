@@ -1,0 +1,202 @@
+"""Plotly figures shared by every face (app, report, notebooks): the causal-evidence chart.
+
+Causal evidence (``df.attrs["causal"]``, see :func:`workbench.analyzers.causal.causal_evidence`)
+is a task metric measured three times: nothing ablated (the base), the top-k heads ablated, and
+k random heads of the same layers ablated (several draws). One chart shows it everywhere: bars
+on the metric's own axis that start at the base (a reference line) and end at the ablated
+value, so both the absolute values and the change are read off; a second y axis on the right,
+aligned with the first, gives the change from the base, and each random draw is a dot on it.
+The traces hold the changes (``y``) and the base (``base``): bar ``i`` spans
+``base .. base + y[i]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+TOP_COLOR = "#d84315"
+RANDOM_COLOR = "#5c6bc0"
+DRAW_COLOR = "#1a237e"
+BASE_COLOR = "#616161"
+FONT = "Inter, system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+#: Panels per row of :func:`causal_grid_figure`.
+CAUSAL_PANELS_PER_ROW = 4
+
+
+def _number(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _draws(value: Any) -> list[float]:
+    """Random-k draws as floats: a list, or the report table's comma-joined string."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    return [v for v in (_number(x) for x in value or []) if v is not None]
+
+
+def _axis_range(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    pad = 0.18 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
+    return lo - pad, hi + pad
+
+
+def add_causal_panel(
+    fig: go.Figure, causal: Mapping[str, Any], row: int = 1, col: int = 1, legend: bool = True
+) -> None:
+    """Draw one causal check into the subplot ``(row, col)`` of ``fig`` (made with
+    ``secondary_y`` specs): a bar per ablation from the base to its value, the base line, and
+    the random draws on the right-hand "change" axis.
+
+    Args:
+        causal: ``k``, ``base``, ``top_k``, ``random_k_mean`` and ``random_k`` (list of draws,
+            or a comma-joined string as in the report's causal table).
+        legend: show the "each random draw" legend entry (once per figure).
+    """
+    k = causal.get("k", "k")
+    base = _number(causal.get("base"))
+    ref = base if base is not None else 0.0
+    names = [f"top-{k} heads ablated", f"random-{k} ablated (mean)"]
+    values = [_number(causal.get("top_k")), _number(causal.get("random_k_mean"))]
+    deltas = [None if v is None or base is None else v - base for v in values]
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=deltas,
+            base=[ref, ref],
+            customdata=[v if v is not None else float("nan") for v in values],
+            marker_color=[TOP_COLOR, RANDOM_COLOR],
+            text=[
+                "" if v is None or d is None else f"{v:.4g} ({d:+.3g})"
+                for v, d in zip(values, deltas, strict=True)
+            ],
+            textposition="outside",
+            cliponaxis=False,
+            hovertemplate="%{x}: %{customdata:.4f} (change %{y:+.4f})<extra></extra>",
+            showlegend=False,
+        ),
+        row=row,
+        col=col,
+        secondary_y=False,
+    )
+    draws = _draws(causal.get("random_k"))
+    fig.add_trace(
+        go.Scatter(
+            x=[names[1]] * len(draws),
+            y=[d - ref for d in draws],
+            customdata=draws,
+            mode="markers",
+            marker={"color": DRAW_COLOR, "size": 9, "symbol": "circle-open"},
+            name="each random draw",
+            legendgroup="draws",
+            showlegend=legend and bool(draws),
+            hovertemplate="draw %{pointNumber}: %{customdata:.4f} (change %{y:+.4f})"
+            "<extra></extra>",
+        ),
+        row=row,
+        col=col,
+        secondary_y=True,
+    )
+    lo, hi = _axis_range([ref, *(v for v in values if v is not None), *draws])
+    fig.add_hline(
+        y=ref,
+        line={"color": BASE_COLOR, "width": 1.5, "dash": "dash"},
+        row=row,
+        col=col,
+        secondary_y=False,
+    )
+    fig.update_yaxes(range=[lo, hi], fixedrange=True, row=row, col=col, secondary_y=False)
+    fig.update_yaxes(
+        range=[lo - ref, hi - ref],
+        fixedrange=True,
+        showgrid=False,
+        zeroline=False,
+        tickformat="+.2g",
+        row=row,
+        col=col,
+        secondary_y=True,
+    )
+    fig.update_xaxes(fixedrange=True, row=row, col=col)
+
+
+def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
+    """One analyzer's causal check (``df.attrs["causal"]``) as the shared causal chart."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    add_causal_panel(fig, causal)
+    better = "higher is better" if causal.get("higher_is_better", True) else "lower is better"
+    base = _number(causal.get("base"))
+    base_text = f"{base:.4g}" if base is not None else "?"
+    metric = causal.get("metric", "metric")
+    fig.update_yaxes(title_text=str(metric), zeroline=False, secondary_y=False)
+    fig.update_yaxes(title_text="change", secondary_y=True)
+    fig.update_layout(
+        font={"family": FONT, "size": 12},
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        height=height,
+        title={
+            "text": (
+                f"Causal check: {metric}<br><sup>"
+                f"{causal.get('mode', '')} ablation · unablated {base_text} (dashed) · "
+                f"{better}</sup>"
+            ),
+            "font": {"size": 14},
+            "x": 0.01,
+            "y": 0.96,
+            "yanchor": "top",
+        },
+        showlegend=bool(_draws(causal.get("random_k"))),
+        legend={"orientation": "h", "y": -0.15},
+        margin={"l": 70, "r": 60, "t": 75, "b": 50},
+    )
+    return fig
+
+
+def causal_grid_figure(table: pd.DataFrame) -> go.Figure | None:
+    """Several causal checks side by side (the report): one panel per row of ``table``
+    (:func:`workbench.report.assemble.causal_table`: ``model``, ``analyzer``, ``metric``,
+    ``k``, ``base``, ``top_k``, ``random_k_mean``, ``random_k``), four panels to a row.
+    None when ``table`` is empty."""
+    if table.empty:
+        return None
+    rows = table.to_dict("records")
+    several_models = table["model"].nunique() > 1 if "model" in table else False
+    titles = [
+        f"{r['analyzer']}<br><sup>{r.get('metric')}"
+        + (f" · {r['model']}" if several_models else "")
+        + "</sup>"
+        for r in rows
+    ]
+    ncols = min(CAUSAL_PANELS_PER_ROW, len(rows))
+    nrows = math.ceil(len(rows) / ncols)
+    fig = make_subplots(
+        rows=nrows,
+        cols=ncols,
+        subplot_titles=titles,
+        specs=[[{"secondary_y": True}] * ncols for _ in range(nrows)],
+        horizontal_spacing=0.12,
+        vertical_spacing=0.5 / (nrows * 2) if nrows > 1 else 0.0,
+    )
+    for i, row in enumerate(rows):
+        r, c = divmod(i, ncols)
+        add_causal_panel(fig, row, r + 1, c + 1, legend=i == 0)
+    fig.update_layout(
+        title="Causal evidence: top-k vs k random same-layer heads ablated<br><sup>bars from "
+        "the unablated value (dashed) to the ablated one; right axes: change</sup>",
+        font={"family": FONT, "size": 12},
+        plot_bgcolor="white",
+        height=140 + 380 * nrows,
+        width=max(640, 340 * ncols),
+        legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.16, "yanchor": "bottom"},
+        margin={"t": 130, "b": 110},
+    )
+    return fig

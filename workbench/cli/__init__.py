@@ -1,0 +1,82 @@
+"""The ``workbench`` command line: info, capture, bench, generate, scan, organism, report, and
+the commands other installed packages add (``workbench app``, from the ``app`` package).
+
+The command table lives in :mod:`workbench.cli.registry`: the built-in commands (one module per
+group: :mod:`.model`, :mod:`.generate`, :mod:`.scan`, :mod:`.organism`, :mod:`.report`)
+register themselves on import, other packages' commands come from the entry-point group
+``workbench.commands``. The core never imports a front-end.
+
+Every user error is a :class:`~workbench.errors.WorkbenchError` printed as one line
+(``error: ...``) with exit status 2; nothing prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from workbench.cli.registry import (
+    ENTRY_POINT_GROUP,
+    EXIT_USER_ERROR,
+    Command,
+    all_commands,
+    check_command,
+    command,
+    register,
+)
+from workbench.errors import WorkbenchError
+
+#: The modules of the built-in commands, imported (so registered) in the order that
+#: ``workbench --help`` lists them.
+BUILTIN_MODULES = ("model", "generate", "scan", "organism", "report")
+for _module in BUILTIN_MODULES:
+    importlib.import_module(f"workbench.cli.{_module}")
+
+
+def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``commands`` (default: every command of the table)."""
+    parser = argparse.ArgumentParser(
+        prog="workbench", description="Attention-head workbench for mechanistic interpretability."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for cmd in all_commands() if commands is None else commands:
+        p = sub.add_parser(cmd.name, help=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(func=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``workbench`` console script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = all_commands()
+    try:
+        check_command(argv, commands)
+        args = build_parser(commands).parse_args(argv)
+        if getattr(args, "quiet", False):  # also silence transformers' weight-loading bar
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        return args.func(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = [
+    "BUILTIN_MODULES",
+    "ENTRY_POINT_GROUP",
+    "EXIT_USER_ERROR",
+    "Command",
+    "build_parser",
+    "command",
+    "main",
+    "register",
+]

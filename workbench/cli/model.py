@@ -1,0 +1,100 @@
+"""Commands that look at one model: ``info``, ``capture`` (one head's map) and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from workbench.cli.common import add_model_args, check_out_file, load
+from workbench.cli.registry import command
+from workbench.errors import WorkbenchError
+
+
+def _info_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("info", "describe a model (layers, heads, KV heads, head dim)", _info_arguments)
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print the model's description (layers, heads, KV heads, head dim, load time)."""
+    lm = load(args)
+    info = {**lm.info.as_dict(), "load_seconds": round(lm.load_seconds, 3)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _capture_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--prompt", required=True, help="prompt text, tokenized exactly as given")
+    p.add_argument("--layer", type=int, required=True, help="0-based layer")
+    p.add_argument("--head", type=int, required=True, help="0-based query head")
+    p.add_argument("--chat", action="store_true", help="apply the chat template first")
+    p.add_argument("--out", required=True, help="output file (.npz: attention, tokens)")
+
+
+@command("capture", "write one head's attention map to an .npz file", _capture_arguments)
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Write one head's (L, L) attention map and the tokens to an ``.npz`` file."""
+    import numpy as np
+
+    out = check_out_file(Path(args.out), ".npz")
+    lm = load(args)
+    lm.head_id(args.layer, args.head)  # range checks with clear messages
+    enc, records = lm.run_capture(
+        args.prompt, chat=args.chat, layers=[args.layer], heads=[args.head]
+    )
+    attention = records.map(args.layer, args.head).numpy().astype(np.float32)
+    tmp = out.with_name(out.name + ".partial.npz")
+    np.savez(tmp, attention=attention, tokens=np.array(enc.tokens, dtype=np.str_))
+    os.replace(tmp, out)
+    print(
+        f"wrote {out}: attention {attention.shape[0]}x{attention.shape[1]} of "
+        f"{lm.head_id(args.layer, args.head)} over {enc.n_tokens} tokens"
+    )
+    return 0
+
+
+def parse_seqs(text: str, max_context: int) -> list[int]:
+    """``"512,1024"`` -> ``[512, 1024]``, each between 1 and ``max_context``."""
+    try:
+        seqs = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise WorkbenchError(f"--seq {text!r}: give comma-separated token counts") from None
+    for n in seqs:
+        if not 1 <= n <= max_context:
+            raise WorkbenchError(f"--seq {n}: must be between 1 and the context {max_context}")
+    if not seqs:
+        raise WorkbenchError("--seq is empty")
+    return seqs
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--seq", default="512,1024,2048,4096", help="comma-separated lengths")
+    p.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager-with-maps column")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("bench", "time head statistics against a plain SDPA forward", _bench_arguments)
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time head statistics against a plain SDPA forward (:mod:`workbench.bench`)."""
+    from workbench.bench import rows_as_json, run_bench
+
+    lm = load(args)
+    seqs = parse_seqs(args.seq, lm.info.max_context)
+    log = None if args.json else print
+    if log:
+        print(f"{lm.info.name} on {lm.device}, {lm.info.dtype}, batch 1, repeat {args.repeat}")
+    rows = run_bench(lm, seqs, repeat=args.repeat, eager=not args.no_eager, log=log)
+    if args.json:
+        print(json.dumps(rows_as_json(lm, rows)))
+    return 0

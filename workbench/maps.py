@@ -1,0 +1,103 @@
+"""Figure math that interprets the kernels' attention statistics (no plotting here).
+
+The statistics probe (:mod:`probes.statistics`) returns, per head, block-pooled attention tiles
+(the mean over each ``block x block`` tile's cells) and per-key sink scores (the mean attention
+a key receives from the queries that can see it). The functions here turn those into what a
+reader looks at: attention *mass* per block (rows sum to 1), coarser mosaics, which cells a
+causal query can see, and which keys are sinks. Used by the app's explorer and by notebooks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.analyzers.sinks import FIRST_TOKEN_THRESHOLD, HIDDEN_SINK_THRESHOLD
+
+__all__ = [
+    "FIRST_TOKEN_THRESHOLD",
+    "HIDDEN_SINK_THRESHOLD",
+    "block_max",
+    "block_visibility",
+    "causal_visibility",
+    "pooled_to_mass",
+    "regroup_mass",
+    "sink_mask",
+]
+
+
+def pooled_to_mass(pooled: np.ndarray, n_keys: int, block: int) -> np.ndarray:
+    """Kernel pooled tiles -> attention mass a query of the row block puts on each key block.
+
+    Args:
+        pooled: ``(..., nq, nk)`` mean of each ``block x block`` tile's attention weights
+            (edge tiles are smaller).
+        n_keys: number of key tokens ``L`` (``nk = ceil(L / block)``).
+        block: tile side in tokens.
+
+    Returns:
+        ``(..., nq, nk)`` mass: the mean over the block's queries of the attention they put on
+        the key block, so every row sums to 1 for a causal softmax map.
+    """
+    nk = pooled.shape[-1]
+    widths = np.array([min(block, n_keys - j * block) for j in range(nk)], dtype=np.float32)
+    return pooled * widths
+
+
+def regroup_mass(mass: np.ndarray, n_tokens: int, block: int, factor: int) -> np.ndarray:
+    """Merge ``factor x factor`` blocks of a :func:`pooled_to_mass` map into one cell.
+
+    Sums over merged key blocks and takes the row-size-weighted mean over merged query blocks,
+    which is exactly the mass pooled at ``block * factor``.
+
+    Args:
+        mass: ``(..., n, n)`` block mass of ``n_tokens`` tokens pooled at ``block``.
+        factor: blocks merged per side (``<= 1`` returns ``mass`` unchanged).
+
+    Returns:
+        ``(..., m, m)`` float32 with ``m = ceil(n / factor)``.
+    """
+    if factor <= 1:
+        return mass
+    n = mass.shape[-1]
+    rows = np.array([min(block, n_tokens - i * block) for i in range(n)], dtype=np.float64)
+    m = -(-n // factor)
+    out = np.zeros((*mass.shape[:-2], m, m), dtype=np.float64)
+    for gi in range(m):
+        r0, r1 = gi * factor, min(n, (gi + 1) * factor)
+        w = rows[r0:r1] / rows[r0:r1].sum()
+        block_rows = np.tensordot(w, mass[..., r0:r1, :], axes=([0], [-2]))  # (..., n)
+        for gj in range(m):
+            out[..., gi, gj] = block_rows[..., gj * factor : (gj + 1) * factor].sum(-1)
+    return out.astype(np.float32)
+
+
+def causal_visibility(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
+    """``(W, Lk)`` bool: key position <= query position (what a causal LM's query can see)."""
+    return np.asarray(key_positions)[None, :] <= np.asarray(query_positions)[:, None]
+
+
+def block_visibility(n_blocks: int, block: int, n_tokens: int) -> np.ndarray:
+    """``(n_blocks, n_blocks)`` bool: a key block is visible to a query block when its first
+    token is visible to the block's last query."""
+    last_query = np.minimum(np.arange(1, n_blocks + 1) * block, n_tokens) - 1
+    return causal_visibility(last_query, np.arange(n_blocks) * block)
+
+
+def block_max(values: np.ndarray, block: int, n_blocks: int) -> np.ndarray:
+    """``(n_blocks,)`` maximum of per-token ``values`` (``(L,)``) over each block (zero-padded)."""
+    pad = n_blocks * block - len(values)
+    return np.pad(values, (0, pad)).reshape(n_blocks, block).max(-1)
+
+
+def sink_mask(sink: np.ndarray, offset: int = 0) -> np.ndarray:
+    """``(L,)`` bool: keys whose sink score exceeds the sink threshold of their position.
+
+    Position 0 uses Gu et al.'s first-token threshold (0.3, "When Attention Sink Emerges in
+    Language Models", 2024); later positions ACT's hidden-sink threshold (0.1, Yu et al. 2024,
+    "Unveiling and Harnessing Hidden Attention Sinks"). ``offset`` is the position of
+    ``sink[0]``.
+    """
+    sink = np.asarray(sink, dtype=np.float64)
+    positions = np.arange(len(sink)) + offset
+    thresholds = np.where(positions == 0, FIRST_TOKEN_THRESHOLD, HIDDEN_SINK_THRESHOLD)
+    return sink > thresholds

@@ -1,0 +1,131 @@
+"""The parts of a causal LM, found through the architecture table (no attribute probing).
+
+:mod:`workbench.architectures` names, per ``model_type``, where the decoder stack, its blocks,
+their attention and MLP modules, the final norm and the unembedding live; the functions here
+return those modules and change them temporarily (run only some blocks, borrow another model's
+weights for one part), always restoring them on exit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from workbench.architectures import ArchitectureSpec, module_at, spec_for
+from workbench.errors import WorkbenchError
+
+#: The block parts :func:`borrowed_weights` can swap, by the table column that names them.
+BLOCK_PARTS = ("attention", "mlp")
+
+
+def spec_of(model: nn.Module) -> ArchitectureSpec:
+    """The architecture-table row of ``model`` (by ``model.config.model_type``)."""
+    return spec_for(model.config.model_type)
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack of a ``*ForCausalLM`` model (``model.model``, ``transformer``...):
+    called with ``input_ids`` or ``inputs_embeds`` it returns ``last_hidden_state``
+    (B, L, d_model) after the final norm."""
+    return module_at(model, spec_of(model).decoder)
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The ``n_layers`` transformer blocks of ``model``, in order."""
+    return module_at(model, spec_of(model).blocks)
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied after the last block, before the unembedding (``model.norm`` /
+    ``transformer.ln_f``)."""
+    return module_at(model, spec_of(model).final_norm)
+
+
+def unembedding(model: nn.Module) -> nn.Module:
+    """The unembedding (LM head): final hidden (..., d_model) -> logits (..., vocab)."""
+    return module_at(model, spec_of(model).unembedding)
+
+
+def block_output(output: Tensor | tuple) -> Tensor:
+    """The hidden state (B, L, d_model) a block returns (alone or first of a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def only_blocks(model: nn.Module, start: int, stop: int | None = None) -> Iterator[None]:
+    """Temporarily make the decoder of ``model`` run only its blocks ``start:stop``.
+
+    With ``start > 0`` feed the decoder ``inputs_embeds`` = the residual stream entering block
+    ``start`` (exact for rotary models such as Llama; models with learned absolute positions
+    add them again, so callers check the shortcut against a full forward). Hooks on the
+    blocks' attention modules keep their layer indices. The full list is restored on exit.
+    """
+    path = spec_of(model).blocks
+    parent_path, _, attr = path.rpartition(".")
+    parent = module_at(model, parent_path) if parent_path else model
+    blocks = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList(list(blocks)[start:stop]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks)
+
+
+def _part_prefix(model: nn.Module, part: str) -> tuple[str, str]:
+    """``(blocks path, part attribute)`` of ``part`` (a :data:`BLOCK_PARTS` name)."""
+    if part not in BLOCK_PARTS:
+        raise WorkbenchError(f"part must be one of {BLOCK_PARTS}, got {part!r}")
+    spec = spec_of(model)
+    return spec.blocks, getattr(spec, part)
+
+
+@contextmanager
+def borrowed_weights(
+    model: nn.Module, donor: nn.Module, part: str, layers: Sequence[int] | None = None
+) -> Iterator[list[str]]:
+    """Temporarily copy ``donor``'s weights of one block part into ``model``.
+
+    ``part``: ``"attention"`` (the table's attention module: q, k, v, o projections) or
+    ``"mlp"`` (the feed-forward module), of the blocks ``layers`` (None = all). Only
+    parameters that differ are copied; yields their names, sorted. ``model`` gets its own
+    weights back on exit (also on error). ``donor`` must share the architecture (e.g. the base
+    model of a fine-tune).
+    """
+    wanted = None if layers is None else {int(i) for i in layers}
+    blocks, attr = _part_prefix(model, part)
+    pattern = re.compile(rf"^{re.escape(blocks)}\.(\d+)\.{re.escape(attr)}\.")
+    donor_params = dict(donor.named_parameters())
+    saved: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            found = pattern.match(name)
+            if not found or (wanted is not None and int(found.group(1)) not in wanted):
+                continue
+            if torch.equal(param, donor_params[name]):
+                continue
+            saved[name] = param.detach().clone()
+            param.copy_(donor_params[name])
+    try:
+        yield sorted(saved)
+    finally:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+
+__all__ = [
+    "BLOCK_PARTS",
+    "block_output",
+    "borrowed_weights",
+    "decoder_blocks",
+    "decoder_of",
+    "final_norm",
+    "only_blocks",
+    "spec_of",
+    "unembedding",
+]
