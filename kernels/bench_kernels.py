@@ -8,6 +8,10 @@ our output + all statistics call (``StatsRequest.all()``), and their ratios to S
 are the minimum over interleaved repeats (the machine may be shared). ``--peak L`` also runs
 output + all statistics once at length L in a fresh subprocess and reports its peak RSS
 growth over the inputs.
+
+``python -m kernels.bench_kernels --semantics [--seq 8192 32768] [--shapes gemma2 gpt_oss]``
+instead runs :mod:`kernels.bench_semantics`: Gemma-2-like (softcap + 4,096 window) and
+gpt-oss-like (sinks + 128 window) shapes against SDPA, and windowed vs full-causal statistics.
 """
 
 from __future__ import annotations
@@ -92,7 +96,16 @@ def peak_memory(length: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--semantics" in argv:
+        from kernels.bench_semantics import main as semantics_main
+
+        semantics_main([a for a in argv if a != "--semantics"])
+        return
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="--semantics: Gemma-2 / gpt-oss shapes, see kernels.bench_semantics --help",
+    )
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")

@@ -46,6 +46,9 @@ def attention(
     stats: StatsRequest | None = None,
     backend: str = "auto",
     block_size: int | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
+    sinks: Tensor | None = None,
 ) -> AttentionResult:
     """Exact attention output, per-row LSE and the requested head statistics.
 
@@ -67,8 +70,24 @@ def attention(
         backend: "auto" (triton for CUDA tensors when triton imports, else torch), "torch"
             (blockwise, any device), "triton", or "reference" (float64 eager, tests only).
         block_size: query rows per block (a tuning hint).
+        softcap: attention-logit softcap ``c > 0``: scores become ``c * tanh(s / c)`` after
+            scaling and before ``score_bias`` (Gemma 2: Gemma Team 2024, "Gemma 2: Improving
+            Open Language Models at a Practical Size"; as transformers'
+            ``gemma2.modeling_gemma2.eager_attention_forward``).
+        window: sliding window ``w >= 1``: the query at absolute position ``pos`` sees key
+            ``j`` only when ``pos - w < j`` (ANDed with ``causal`` and ``mask``), as
+            transformers' ``masking_utils.sliding_window_overlay``. Computed as a band: each
+            block of query rows scores only the keys its window reaches, so the cost and the
+            memory are O(Lq x w) and no Lq x Lk mask is built.
+        sinks: (H,) learned sink logits, one per query head (gpt-oss: OpenAI 2025,
+            "gpt-oss-120b & gpt-oss-20b Model Card"; transformers'
+            ``gpt_oss.modeling_gpt_oss.eager_attention_forward``): an extra softmax column
+            with no value, ``A_ij = exp(s_ij) / (sum_j exp(s_ij) + exp(sink_h))``. The LSE
+            includes it and ``AttentionResult.sink_mass`` reports ``exp(sink_h - lse)``.
 
-    Rows that see no key at all (e.g. left padding) get output 0, LSE -inf and statistics 0.
+    Rows that see no key at all (e.g. left padding) get output 0, LSE -inf and statistics 0;
+    with ``sinks`` all their mass is on the sink (LSE = sink, sink_mass 1). See
+    :mod:`kernels.requests` for the definitions of the statistics.
     """
     if backend not in BACKENDS:
         raise KernelInputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -86,6 +105,9 @@ def attention(
         score_bias=score_bias,
         head_scale=head_scale,
         stats=stats,
+        softcap=softcap,
+        window=window,
+        sinks=sinks,
     )
     if backend == "auto":
         backend = "triton" if p.q.is_cuda and triton_status(p.q.device) is None else "torch"

@@ -29,6 +29,10 @@ class Problem:
         broadcast key dimension is expanded with stride 0), or None.
     score_bias: (Bb, H, Lk) with Bb in {1, B}, same device as q, clamped to >= MIN_BIAS.
     head_scale: (H,) on q's device, or None.
+    softcap: attention-logit softcap ``c`` (scores become ``c * tanh(s / c)``), or None.
+    window: sliding window ``w``: key j is visible to the row at position ``pos`` only when
+        ``pos - w < j``; or None (also when ``w >= Lk``: such a window hides nothing).
+    sinks: (H,) learned sink logits (float32, float64 for float64 inputs) on q's device, or None.
     """
 
     q: Tensor
@@ -40,6 +44,9 @@ class Problem:
     score_bias: Tensor | None
     head_scale: Tensor | None
     stats: StatsRequest
+    softcap: float | None = None
+    window: int | None = None
+    sinks: Tensor | None = None
 
     @property
     def B(self) -> int:
@@ -79,6 +86,16 @@ class Problem:
     def stat_dtype(self) -> torch.dtype:
         """dtype of LSE and float statistics: float64 for float64 inputs, else float32."""
         return torch.float64 if self.q.dtype == torch.float64 else torch.float32
+
+    def band_start(self, i0: int) -> int:
+        """First key a block whose first query row is ``i0`` can see (0 without a window)."""
+        if self.window is None:
+            return 0
+        return max(0, self.offset + i0 - self.window + 1)
+
+    def band_end(self, i1: int) -> int:
+        """One past the last key a block ending before query row ``i1`` can see."""
+        return min(self.Lk, self.offset + i1) if self.causal else self.Lk
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -176,6 +193,36 @@ def _check_head_scale(hs: object, H: int, q: Tensor) -> Tensor:
     return hs
 
 
+def _check_softcap(softcap: object) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise KernelInputError(f"softcap must be a finite number > 0 or None, got {softcap!r:.80}")
+    if not (math.isfinite(softcap) and softcap > 0):
+        raise KernelInputError(f"softcap must be a finite number > 0 or None, got {softcap!r}")
+    return float(softcap)
+
+
+def _check_window(window: object) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise KernelInputError(
+            f"window must be an int >= 1 (keys j with pos - window < j) or None, got {window!r:.80}"
+        )
+    return window
+
+
+def _check_sinks(sinks: object, H: int, q: Tensor) -> Tensor:
+    if not isinstance(sinks, Tensor) or not sinks.is_floating_point():
+        raise KernelInputError(
+            f"sinks must be a floating tensor of shape (H,) = ({H},) or None, got {sinks!r:.80}"
+        )
+    if _shape(sinks) != (H,):
+        raise KernelInputError(f"sinks must have shape (H,) = ({H},), got {_shape(sinks)}")
+    if sinks.device != q.device:
+        raise KernelInputError(f"sinks is on {sinks.device}, q on {q.device}")
+    if not bool(torch.isfinite(sinks).all()):
+        raise KernelInputError(f"sinks must be finite, got {sinks.tolist()!r:.80}")
+    return sinks.detach().to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+
+
 def _check_stats(stats: object, H: int, Lq: int, Lk: int) -> StatsRequest:
     if stats is None:
         return StatsRequest()
@@ -205,6 +252,9 @@ def build_problem(
     score_bias: object,
     head_scale: object,
     stats: object,
+    softcap: object = None,
+    window: object = None,
+    sinks: object = None,
 ) -> Problem:
     """Validate every argument of :func:`kernels.attention`; see there for meanings."""
     _check_qkv(q, k, v)
@@ -224,6 +274,11 @@ def build_problem(
     bias = None if score_bias is None else _check_bias(score_bias, B, H, Lk, q)
     hs = None if head_scale is None else _check_head_scale(head_scale, H, q)
     req = _check_stats(stats, H, Lq, Lk)
+    cap = None if softcap is None else _check_softcap(softcap)
+    win = None if window is None else _check_window(window)
+    if win is not None and win >= Lk:  # every key is within every row's window: no band
+        win = None
+    sk = None if sinks is None else _check_sinks(sinks, H, q)
     return Problem(
         q=q,
         k=k,
@@ -234,4 +289,7 @@ def build_problem(
         score_bias=bias,
         head_scale=hs,
         stats=req,
+        softcap=cap,
+        window=win,
+        sinks=sk,
     )

@@ -18,9 +18,12 @@ def visibility(p: Problem) -> Tensor:
     """Bool (B or 1, H or 1, Lq, Lk): True where query row i may attend key j."""
     dev = p.q.device
     vis = torch.ones(1, 1, p.Lq, p.Lk, dtype=torch.bool, device=dev)
+    pos = p.offset + torch.arange(p.Lq, device=dev)
+    j = torch.arange(p.Lk, device=dev)
     if p.causal:
-        pos = p.offset + torch.arange(p.Lq, device=dev)
-        vis = vis & (torch.arange(p.Lk, device=dev)[None, :] <= pos[:, None])
+        vis = vis & (j[None, :] <= pos[:, None])
+    if p.window is not None:
+        vis = vis & (j[None, :] > pos[:, None] - p.window)
     if p.mask is not None:
         vis = vis & p.mask
     return vis
@@ -46,17 +49,25 @@ def reference_attention(p: Problem) -> AttentionResult:
     k = k.repeat_interleave(p.group, dim=1)
     v = v.repeat_interleave(p.group, dim=1)
     s = (q @ k.transpose(-1, -2)) * p.scale
+    if p.softcap is not None:
+        s = p.softcap * torch.tanh(s / p.softcap)
     if p.score_bias is not None:
         s = s + p.score_bias.to(f64)[:, :, None, :]
     vis = visibility(p)
     s = s.masked_fill(~vis, -math.inf)
     lse = torch.logsumexp(s, dim=-1)
+    sink = None
+    if p.sinks is not None:  # the sink column joins the softmax denominator
+        sink = p.sinks.to(f64)[None, :, None].expand_as(lse)
+        lse = torch.logaddexp(lse, sink)
     valid = torch.isfinite(lse)
     a = torch.where(valid[..., None], torch.exp(s - lse[..., None]), 0.0)
     out = a @ v
     if p.head_scale is not None:
         out = out * p.head_scale.to(f64)[None, :, None, None]
     res = AttentionResult(output=out.transpose(1, 2).contiguous(), lse=lse, backend="reference")
+    if sink is not None:
+        res.sink_mass = torch.exp(sink - lse)
     st = p.stats
     if st.received:
         res.received = a.sum(dim=-2)
@@ -64,6 +75,8 @@ def reference_attention(p: Problem) -> AttentionResult:
         res.sink = torch.where(count > 0, res.received / count.clamp(min=1), 0.0)
     if st.entropy:
         res.entropy = -torch.special.xlogy(a, a).sum(dim=-1)
+        if res.sink_mass is not None:
+            res.entropy = res.entropy - torch.special.xlogy(res.sink_mass, res.sink_mass)
     if st.argmax:
         res.argmax_prob, res.argmax = a.max(dim=-1)
         res.argmax = a.argmax(dim=-1)

@@ -1,8 +1,23 @@
 """What a caller asks the kernels for (:class:`StatsRequest`) and what it gets back.
 
 All statistics are defined on the attention probabilities ``A[b, h, i, j]`` of query row ``i``
-for key ``j``: the softmax over keys of the scaled, biased, masked scores, *before* any
-``head_scale`` is applied to the head's output.
+for key ``j`` that the model really uses, *before* any ``head_scale`` is applied to the head's
+output:
+
+- score ``s_ij = (q_i . k_j) * scale``; with a ``softcap`` ``c``: ``s_ij = c * tanh(s_ij / c)``
+  (attention-logit softcapping, Gemma Team 2024, "Gemma 2: Improving Open Language Models at a
+  Practical Size"; transformers' ``gemma2.modeling_gemma2.eager_attention_forward``); then
+  ``+ score_bias[b, h, j]`` (so PASTA's ``log alpha`` multiplies the capped probability);
+- hidden cells are ``-inf``: causal (key after the query's absolute position
+  ``pos_i = Lk - Lq + i``), ``mask`` False, or outside a sliding ``window`` ``w``: key ``j`` is
+  visible only when ``pos_i - w < j`` (transformers' ``masking_utils.sliding_window_overlay``,
+  ``kv_idx > q_idx - sliding_window``);
+- with learned ``sinks`` (one logit per query head, gpt-oss: OpenAI 2025, "gpt-oss-120b &
+  gpt-oss-20b Model Card"; transformers' ``gpt_oss.modeling_gpt_oss.eager_attention_forward``)
+  the sink joins every row's softmax as an extra column with no value:
+  ``A_ij = exp(s_ij) / (sum_j exp(s_ij) + exp(sink_h))`` and the sink takes
+  ``sink_mass_i = exp(sink_h) / (same denominator)``. Rows then sum to ``1 - sink_mass``; every
+  key statistic is over the real keys, the entropy includes the sink column.
 """
 
 from __future__ import annotations
@@ -56,7 +71,9 @@ class StatsRequest:
         score ``received[j] / n_j`` where ``n_j`` is the number of query rows that can see key
         ``j`` (0 where none can). For a causal square map ``n_j = T - j``: the sink metric of
         Gu et al., "When Attention Sink Emerges in Language Models" (2024).
-    entropy: per-query entropy ``-sum_j A log A`` in nats -> ``(B, H, Lq)``.
+        Under a sliding window ``n_j`` counts only the rows whose window contains ``j``.
+    entropy: per-query entropy ``-sum_j A log A`` in nats -> ``(B, H, Lq)``; with sinks it
+        includes the sink column, ``- sink_mass * log(sink_mass)``.
     argmax: per-query most-attended key (int64, first index among exact ties) and its
         probability -> ``(B, H, Lq)`` each.
     spans: key spans ``[start, end)``; per-query attention mass on each -> ``(B, H, Lq, S)``.
@@ -125,6 +142,7 @@ FLOAT_STATISTICS = (
     "distance",
     "pooled",
     "maps",
+    "sink_mass",
 )
 """The float statistics fields of :class:`AttentionResult` (float32, or float64 for float64
 inputs); ``argmax`` is the one integer field."""
@@ -136,8 +154,12 @@ class AttentionResult:
 
     output: ``(B, Lq, H, D)`` contiguous, in q's dtype (the layout transformers' attention
         functions return), already multiplied by ``head_scale``; 0 on rows with no visible key.
-    lse: ``(B, H, Lq)`` log-sum-exp of the scaled, biased, masked scores; ``-inf`` on rows with
-        no visible key. float32 (float64 for float64 inputs), as are all float statistics.
+    lse: ``(B, H, Lq)`` log-sum-exp of the (capped,) scaled, biased, masked scores, the sink
+        logit included (``A = exp(s - lse)``); ``-inf`` on rows with no visible key and no
+        sink. float32 (float64 for float64 inputs), as are all float statistics.
+    sink_mass: ``(B, H, Lq)`` the probability the learned sink takes from each query,
+        ``exp(sink_h - lse)`` (1 on rows with no visible key); returned whenever ``sinks`` is
+        given, else None.
     received, sink: ``(B, H, Lk)``. entropy, argmax (int64), argmax_prob, distance:
         ``(B, H, Lq)``. span_mass: ``(B, H, Lq, S)``. pooled: ``(B, H, ceil(Lq/b), ceil(Lk/b))``.
         maps: ``(B, len(heads), window_len, Lk)``. See :class:`StatsRequest` for definitions.
@@ -155,4 +177,5 @@ class AttentionResult:
     distance: Tensor | None = None
     pooled: Tensor | None = None
     maps: Tensor | None = None
+    sink_mass: Tensor | None = None
     backend: str = ""

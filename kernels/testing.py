@@ -22,7 +22,8 @@ from kernels.requests import FLOAT_STATISTICS, AttentionResult, MapRequest, Stat
 
 def reference_for(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> AttentionResult:
     """The float64 reference result (every field float64) for :func:`attention`'s arguments."""
-    kw = {k_: kwargs.get(k_) for k_ in ("scale", "mask", "score_bias", "head_scale", "stats")}
+    names = ("scale", "mask", "score_bias", "head_scale", "stats", "softcap", "window", "sinks")
+    kw = {k_: kwargs.get(k_) for k_ in names}
     return reference_attention(
         build_problem(q, k, v, causal=kwargs.get("causal", True), **kw)  # type: ignore[arg-type]
     )

@@ -11,7 +11,7 @@ import torch
 import triton
 from torch import Tensor
 
-from kernels.blockwise import key_visible_counts, pooled_cell_counts
+from kernels.blockwise_buffers import key_visible_counts, pooled_cell_counts, sink_mass_of
 from kernels.problem import Problem
 from kernels.requests import AttentionResult
 
@@ -56,6 +56,7 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
     mask, ms = _mask_args(p)
     bias, bs = _bias_args(p)
     hscale = p.head_scale.float().contiguous() if p.head_scale is not None else lse
+    sinks = p.sinks.float().contiguous() if p.sinks is not None else lse
     common = dict(
         H=p.H,
         G=p.group,
@@ -64,9 +65,14 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
         D=p.D,
         offset=p.offset,
         scale=p.scale,
+        softcap=p.softcap or 1.0,
+        window=p.window or 1,
         CAUSAL=p.causal,
         HAS_MASK=p.mask is not None,
         HAS_BIAS=p.score_bias is not None,
+        HAS_SOFTCAP=p.softcap is not None,
+        HAS_WINDOW=p.window is not None,
+        HAS_SINKS=p.sinks is not None,
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_D=bd,
@@ -82,6 +88,7 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
         bias,
         hscale,
         mask,
+        sinks,
         *q.stride(),
         *k.stride(),
         *v.stride(),
@@ -91,7 +98,7 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
         HAS_HSCALE=p.head_scale is not None,
         **common,
     )
-    res = AttentionResult(output=out, lse=lse, backend="triton")
+    res = AttentionResult(output=out, lse=lse, backend="triton", sink_mass=sink_mass_of(p, lse))
     st = p.stats
     if not st.any:
         return res
@@ -129,6 +136,7 @@ def triton_attention(p: Problem, block_size: int | None = None) -> AttentionResu
         lse,
         bias,
         mask,
+        sinks,
         received,
         count,
         entropy,

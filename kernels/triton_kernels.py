@@ -6,8 +6,13 @@ imported): slow, for correctness tests at small sizes.
 
 Both kernels use one program per (block of ``BLOCK_M`` query rows, batch x query head). The
 query head ``h`` reads KV head ``h // G`` directly (GQA without copies); a causal block stops at
-its last visible key. Scores are ``q.k * scale + bias[h, j]`` (PASTA's per-head, per-key
-``log alpha``), hidden cells (causal, mask, out of range) are ``-inf``.
+its last visible key and, with a sliding window ``w``, starts at the key block holding the first
+key its window reaches (the band), so the work is O(Lq x w). Scores are ``q.k * scale``,
+softcapped to ``c * tanh(s / c)`` if asked (Gemma 2), ``+ bias[h, j]`` (PASTA's per-head,
+per-key ``log alpha``); hidden cells (causal, window, mask, out of range) are ``-inf``. A learned
+per-head sink logit (gpt-oss) starts the forward's online softmax (``m = sink, l = 1``, no
+value), so the LSE includes it; the statistics sweep adds its ``-m log m`` to the entropy.
+See :mod:`kernels.requests` for the definitions.
 """
 
 from __future__ import annotations
@@ -16,19 +21,42 @@ import triton
 import triton.language as tl
 
 
+@triton.jit
+def _tanh(x):
+    """tanh in fp32 from exp (no libdevice under the interpreter): an odd Taylor polynomial
+    below |x| = 0.1 (error < 1e-10), ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)`` above."""
+    ax = tl.abs(x)
+    e = tl.exp(-2.0 * ax)
+    big = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    small = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+    t = tl.where(ax < 0.1, small, big)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _band_start(first, offset, window, HAS_WINDOW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """First key block (a multiple of BLOCK_N) that rows from ``first`` on can see."""
+    lo = 0
+    if HAS_WINDOW:
+        lo = tl.maximum(offset + first - window + 1, 0) // BLOCK_N * BLOCK_N
+    return lo
+
+
 # fmt: off
 @triton.jit
 def _score_tile(
     q, K, Bias, Mask, b, h, kvh, offs_m, offs_n, offs_d, d_ok, row_ok, col_ok, pos,
-    scale, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
+    scale, softcap, window, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # fmt: on
     """Scores of one (query block, key block) tile, shared by both kernels.
 
-    Returns ``(s, vis)``: ``s = q.k * scale + bias[h, j]`` with ``-inf`` on hidden cells, and
-    the visibility ``vis`` (row and column in range, causal, mask); both (BLOCK_M, BLOCK_N).
+    Returns ``(s, vis)``: ``s = cap(q.k * scale) + bias[h, j]`` with ``-inf`` on hidden cells,
+    ``cap(x) = softcap * tanh(x / softcap)`` if HAS_SOFTCAP, and the visibility ``vis`` (row
+    and column in range, causal, ``pos - window < j``, mask); both (BLOCK_M, BLOCK_N).
     """
     kt = tl.load(
         K + b * skb + kvh * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
@@ -36,12 +64,16 @@ def _score_tile(
         other=0.0,
     )
     s = tl.dot(q, kt, input_precision=PRECISION) * scale
+    if HAS_SOFTCAP:
+        s = softcap * _tanh(s / softcap)
     if HAS_BIAS:
         bias = tl.load(Bias + b * sbb + h * sbh + offs_n * sbn, mask=col_ok, other=0.0)
         s += bias[None, :]
     vis = row_ok[:, None] & col_ok[None, :]
     if CAUSAL:
         vis = vis & (offs_n[None, :] <= pos[:, None])
+    if HAS_WINDOW:
+        vis = vis & (offs_n[None, :] > pos[:, None] - window)
     if HAS_MASK:
         mk = tl.load(
             Mask + b * smb + h * smh + offs_m[:, None] * smm + offs_n[None, :] * smn,
@@ -55,21 +87,25 @@ def _score_tile(
 # fmt: off
 @triton.jit
 def attn_fwd_kernel(
-    Q, K, V, Out, Lse, Bias, HeadScale, Mask,
+    Q, K, V, Out, Lse, Bias, HeadScale, Mask, Sinks,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     sob, som, soh, sod,
     sbb, sbh, sbn,
     smb, smh, smm, smn,
-    H, G, Lq, Lk, D, offset, scale,
+    H, G, Lq, Lk, D, offset, scale, softcap, window,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_HSCALE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     # fmt: on
-    """Online-softmax forward. Out (B, Lq, H, D) via strides; Lse (B, H, Lq) contiguous fp32."""
+    """Online-softmax forward. Out (B, Lq, H, D) via strides; Lse (B, H, Lq) contiguous fp32.
+
+    With HAS_SINKS the running max and sum start from the head's sink logit (``m = sink``,
+    ``l = exp(sink - m) = 1``) and it adds nothing to the accumulator."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -87,18 +123,22 @@ def attn_fwd_kernel(
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_SINKS:
+        m_i = tl.zeros([BLOCK_M], tl.float32) + tl.load(Sinks + h).to(tl.float32)
+        l_i = l_i + 1.0
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if CAUSAL:  # noqa: SIM108 - constexpr branch, kept explicit for triton
         hi = tl.minimum(Lk, offset + (pid_m + 1) * BLOCK_M)
     else:
         hi = Lk
-    for start_n in range(0, hi, BLOCK_N):
+    lo = _band_start(pid_m * BLOCK_M, offset, window, HAS_WINDOW, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Lk
         s, _vis = _score_tile(
             q, K, Bias, Mask, b, h, kvh, offs_m, offs_n, offs_d, d_ok, row_ok, col_ok, pos,
-            scale, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
-            CAUSAL, HAS_MASK, HAS_BIAS, PRECISION,
+            scale, softcap, window, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
+            CAUSAL, HAS_MASK, HAS_BIAS, HAS_SOFTCAP, HAS_WINDOW, PRECISION,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -130,16 +170,17 @@ def attn_fwd_kernel(
 # fmt: off
 @triton.jit
 def attn_stats_kernel(
-    Q, K, Lse, Bias, Mask,
+    Q, K, Lse, Bias, Mask, Sinks,
     Received, Count, Entropy, Argmax, ArgProb, Dist, SpanMass, Pooled, Maps,
     SpanStart, SpanEnd, MapSlot,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     sbb, sbh, sbn,
     smb, smh, smm, smn,
-    H, G, Lq, Lk, D, offset, scale,
+    H, G, Lq, Lk, D, offset, scale, softcap, window,
     S, PB, NR, NC, W0, W1, NMAP, m_base,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SINKS: tl.constexpr,
     DO_RECEIVED: tl.constexpr, DO_ENTROPY: tl.constexpr, DO_ARGMAX: tl.constexpr,
     DO_DIST: tl.constexpr, DO_SPANS: tl.constexpr, DO_POOL: tl.constexpr,
     DO_MAPS: tl.constexpr,
@@ -152,7 +193,9 @@ def attn_stats_kernel(
 
     Row outputs are contiguous (B, H, Lq[, S]); Received/Count (B, H, Lk) and Pooled
     (B, H, NR, NC) are accumulated with atomics (Pooled holds tile sums, not yet means);
-    Maps is (B, NMAP, W1 - W0, Lk) with MapSlot[h] = slot of head h or -1.
+    Maps is (B, NMAP, W1 - W0, Lk) with MapSlot[h] = slot of head h or -1. The LSE includes
+    the sink, so ``a`` is already the probability the model uses; the sink's own entropy term
+    ``-m log m`` (``m = exp(sink - lse)``) is added at the end.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -192,13 +235,14 @@ def attn_stats_kernel(
         hi = tl.minimum(Lk, offset + first + BLOCK_M)
     else:
         hi = Lk
-    for start_n in range(0, hi, BLOCK_N):
+    lo = _band_start(first, offset, window, HAS_WINDOW, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < Lk
         s, vis = _score_tile(
             q, K, Bias, Mask, b, h, kvh, offs_m, offs_n, offs_d, d_ok, row_ok, col_ok, pos,
-            scale, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
-            CAUSAL, HAS_MASK, HAS_BIAS, PRECISION,
+            scale, softcap, window, skb, skh, skn, skd, sbb, sbh, sbn, smb, smh, smm, smn,
+            CAUSAL, HAS_MASK, HAS_BIAS, HAS_SOFTCAP, HAS_WINDOW, PRECISION,
         )  # fmt: skip
         logp = s - lse_safe[:, None]
         p = tl.exp(logp)  # exactly 0 on hidden cells
@@ -245,6 +289,9 @@ def attn_stats_kernel(
                 tl.store(dst + offs_n[None, :], p, mask=in_w[:, None] & col_ok[None, :])
     row_out = bh * Lq + offs_m
     if DO_ENTROPY:
+        if HAS_SINKS:
+            log_m = tl.load(Sinks + h).to(tl.float32) - lse_safe
+            ent -= tl.exp(log_m) * log_m
         tl.store(Entropy + row_out, ent, mask=row_ok)
     if DO_ARGMAX:
         found = best > float("-inf")

@@ -169,6 +169,76 @@ def test_half_inputs_and_odd_head_dim():
     assert res.output.dtype == torch.float16
 
 
+# -- softcap (Gemma 2), sliding window as a band, learned sinks (gpt-oss) -----------------------
+
+SINKS = torch.tensor([0.5, -1.0, 2.0, 0.0])
+
+
+@interpreted
+def test_hand_worked_semantics_example():
+    from tests.unit.test_kernels_semantics import known_problem
+
+    q, k, v, kw = known_problem()
+    res = attention(q, k, v, backend="triton", stats=StatsRequest(entropy=True), **kw)
+    torch.testing.assert_close(res.sink_mass[0, 0], torch.tensor([0.5, 0.25, 0.25]))
+    ln2 = torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(res.entropy[0, 0], torch.stack([ln2, 1.5 * ln2, 1.5 * ln2]))
+
+
+@interpreted
+@pytest.mark.parametrize(
+    "sem,block_size",
+    [
+        (dict(softcap=1.5, window=5, sinks=SINKS), None),  # window < BLOCK_N: a band
+        (dict(window=3, sinks=SINKS), 32),  # blocks larger than the window
+        (dict(softcap=2.0, window=24), 16),  # window wider than a block
+    ],
+)
+def test_softcap_window_sinks_all_stats(sem, block_size):
+    q, k, v = qkv(lq=37, seed=9)
+    st = replace(FULL, maps=MapRequest(heads=(3, 0), query_window=(2, 35)))
+    res = check(q, k, v, stats=st, block_size=block_size, **sem)
+    assert (res.sink_mass is None) == ("sinks" not in sem)
+
+
+@interpreted
+def test_semantics_decode_padding_bias_head_scale():
+    q, k, v = qkv(b=2, lq=3, lk=40, seed=10)
+    mask = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    mask[1, ..., :6] = False
+    bias = torch.randn(2, 4, 40, generator=torch.Generator().manual_seed(11))
+    hs = torch.tensor([1.0, 0.0, 2.0, -0.5])
+    kw = dict(mask=mask, score_bias=bias, head_scale=hs, softcap=3.0, window=7, sinks=SINKS)
+    check(q, k, v, stats=replace(FULL, maps=MapRequest(heads=(1,))), **kw)
+    check(q, k, v, causal=False, stats=StatsRequest(received=True, entropy=True), **kw)
+
+
+@interpreted
+def test_rows_without_keys_go_to_the_sink():
+    q, k, v = qkv(b=2, lq=12, seed=12)
+    mask = torch.ones(2, 1, 1, 12, dtype=torch.bool)
+    mask[1, ..., :4] = False  # rows 0-3 of sequence 1 see nothing
+    st = StatsRequest(received=True, entropy=True, argmax=True, distance=True)
+    res = check(q, k, v, mask=mask, window=2, sinks=SINKS, stats=st)
+    assert torch.all(res.output[1, :4] == 0) and torch.all(res.sink_mass[1, :, :4] == 1)
+    torch.testing.assert_close(res.lse[1, :, :4], SINKS[:, None].expand(4, 4))
+
+
+@interpreted
+def test_semantics_half_inputs():
+    q, k, v = qkv(lq=19, dtype=torch.float16, seed=13)
+    check(
+        q,
+        k,
+        v,
+        softcap=2.0,
+        window=6,
+        sinks=SINKS,
+        stats=StatsRequest(entropy=True, received=True),
+        tolerances=dict(atol=2e-2, rtol=2e-2, stat_atol=2e-3),
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not (HAVE_TRITON and torch.cuda.is_available()) or INTERPRETER_HERE,
