@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,21 +68,58 @@ class AppContext:
         self.store.mark_done(session, self.job_key(kind, *clicks))
 
 
-def watchdog(
-    app: dash.Dash, ctx: AppContext, kind: str, busy_id: str, error_id: str, clicks: list[str]
-) -> None:
+@dataclass(frozen=True)
+class JobControls:
+    """The page controls of one background job.
+
+    Attributes:
+        kind: the job's name in completion marks (``AppContext.mark_done``).
+        start: buttons that start it (disabled while it runs; their clicks name the run).
+        cancel: its cancel button (enabled while it runs).
+        busy: a ``dcc.Store`` that is True while it runs (the watchdog listens to it).
+        error: where its error message goes.
+        showing: components made visible only while it runs (a progress bar).
+    """
+
+    kind: str
+    start: tuple[str, ...]
+    cancel: str
+    busy: str
+    error: str
+    showing: tuple[str, ...] = ()
+
+    def background(self, progress: Sequence[Output]) -> dict[str, Any]:
+        """The keyword arguments of ``app.callback`` that make a callback this job: run in the
+        background, disable/enable/show the controls while it runs, cancel, report progress."""
+        visible, hidden = {"visibility": "visible"}, {"visibility": "hidden"}
+        return {
+            "background": True,
+            "prevent_initial_call": True,
+            "running": [
+                *[(Output(b, "disabled"), True, False) for b in self.start],
+                (Output(self.cancel, "disabled"), False, True),
+                *[(Output(c, "style"), visible, hidden) for c in self.showing],
+                (Output(self.busy, "data"), True, False),
+            ],
+            "cancel": [Input(self.cancel, "n_clicks")],
+            "progress": list(progress),
+            "interval": 500,
+        }
+
+
+def watchdog(app: dash.Dash, ctx: AppContext, job: JobControls) -> None:
     """Report a job that ended without writing its completion mark (cancelled or killed)."""
 
     @app.callback(
-        Output(error_id, "children", allow_duplicate=True),
-        Input(busy_id, "data"),
-        *[State(c, "n_clicks") for c in clicks],
+        Output(job.error, "children", allow_duplicate=True),
+        Input(job.busy, "data"),
+        *[State(c, "n_clicks") for c in job.start],
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
     def check(busy: bool, *args: Any) -> str:
         sid = args[-1]
-        if busy or ctx.store.job_done(sid, ctx.job_key(kind, *args[:-1])):
+        if busy or ctx.store.job_done(sid, ctx.job_key(job.kind, *args[:-1])):
             raise PreventUpdate
         return STOPPED
 

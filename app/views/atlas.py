@@ -28,12 +28,17 @@ from app.components import (
     tab,
     text_input,
 )
-from app.context import AppContext, as_int, message_of, watchdog
+from app.context import AppContext, JobControls, as_int, message_of, watchdog
 from workbench.charts import causal_figure
 from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
     import dash
+
+
+ANALYZER_JOB = JobControls(
+    "an", (ids.AN_RUN,), ids.AN_CANCEL, ids.AN_BUSY, ids.AN_ERROR, showing=(ids.AN_PROGRESS,)
+)
 
 NAME = "atlas"
 #: attrs shown elsewhere (or too bulky for the summary chips).
@@ -241,21 +246,13 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         State(ids.AN_PARAMS, "value"),
         State(ids.ATLAS_RESULTS, "data"),
         State(ids.SESSION, "data"),
-        background=True,
-        prevent_initial_call=True,
-        running=[
-            (Output(ids.AN_RUN, "disabled"), True, False),
-            (Output(ids.AN_CANCEL, "disabled"), False, True),
-            (Output(ids.AN_PROGRESS, "style"), {"visibility": "visible"}, {"visibility": "hidden"}),
-            (Output(ids.AN_BUSY, "data"), True, False),
-        ],
-        cancel=[Input(ids.AN_CANCEL, "n_clicks")],
-        progress=[
-            Output(ids.AN_PROGRESS, "value"),
-            Output(ids.AN_PROGRESS, "max"),
-            Output(ids.AN_STATUS, "children"),
-        ],
-        interval=500,
+        **ANALYZER_JOB.background(
+            [
+                Output(ids.AN_PROGRESS, "value"),
+                Output(ids.AN_PROGRESS, "max"),
+                Output(ids.AN_STATUS, "children"),
+            ]
+        ),
     )
     def analyzer_job(set_progress, n, name, n_prompts, causal, top_k, params_text, results, sid):
         try:
@@ -285,9 +282,9 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             set_progress(("0", "1", ""))
             return no_update, f"The {name} job failed: {message_of(exc, f'The {name} job')}"
         finally:
-            wb.mark_done(sid, "an", n)
+            wb.mark_done(sid, ANALYZER_JOB.kind, n)
 
-    watchdog(app, wb, "an", ids.AN_BUSY, ids.AN_ERROR, [ids.AN_RUN])
+    watchdog(app, wb, ANALYZER_JOB)
 
     @app.callback(
         Output(ids.SCORE_GRAPH, "figure", allow_duplicate=True),

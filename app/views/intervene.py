@@ -17,13 +17,16 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 import workbench
 from app import components as ui
 from app import figures, ids, jobs
-from app.context import AppContext, as_int, message_of, watchdog
+from app.context import AppContext, JobControls, as_int, message_of, watchdog
 from app.views import compare
 from workbench.errors import WorkbenchError
 from workbench.interventions import ACT_BETA, FOCUS_SCALE, PASTA_ALPHA, recipes
 
 if TYPE_CHECKING:
     import dash
+
+
+INTERVENE_JOB = JobControls("iv", (ids.IV_RUN,), ids.IV_CANCEL, ids.IV_BUSY, ids.IV_ERROR)
 
 NAME = "intervene"
 MAX_NEW_TOKENS = 512
@@ -240,16 +243,7 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         State(ids.IV_TARGETS, "value"),
         State(ids.IV_N, "value"),
         State(ids.SESSION, "data"),
-        background=True,
-        prevent_initial_call=True,
-        running=[
-            (Output(ids.IV_RUN, "disabled"), True, False),
-            (Output(ids.IV_CANCEL, "disabled"), False, True),
-            (Output(ids.IV_BUSY, "data"), True, False),
-        ],
-        cancel=[Input(ids.IV_CANCEL, "n_clicks")],
-        progress=[Output(ids.IV_STATUS, "children")],
-        interval=500,
+        **INTERVENE_JOB.background([Output(ids.IV_STATUS, "children")]),
     )
     def intervene_job(
         set_progress, n, prompt, chat, heads, mode, ref, emph, alpha, beta, focus, scale,
@@ -285,7 +279,7 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             set_progress("")
             return no_update, message_of(exc, "The intervention")
         finally:
-            wb.mark_done(sid, "iv", n)
+            wb.mark_done(sid, INTERVENE_JOB.kind, n)
 
-    watchdog(app, wb, "iv", ids.IV_BUSY, ids.IV_ERROR, [ids.IV_RUN])
+    watchdog(app, wb, INTERVENE_JOB)
     compare.register(app, wb)

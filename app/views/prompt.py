@@ -12,10 +12,15 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from app import ids, jobs
 from app.components import alert, button, cancel_button, controls, help_text, muted, number
-from app.context import AppContext, as_int, message_of, watchdog
+from app.context import AppContext, JobControls, as_int, message_of, watchdog
 
 if TYPE_CHECKING:
     import dash
+
+
+RUN_JOB = JobControls(
+    "run", (ids.RUN_FORWARD, ids.RUN_GENERATE), ids.RUN_CANCEL, ids.RUN_BUSY, ids.PROMPT_ERROR
+)
 
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 MAX_NEW_TOKENS = 512
@@ -106,17 +111,7 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         State(ids.N_NEW, "value"),
         State(ids.SESSION, "data"),
         State(ids.RUN_META, "data"),
-        background=True,
-        prevent_initial_call=True,
-        running=[
-            (Output(ids.RUN_FORWARD, "disabled"), True, False),
-            (Output(ids.RUN_GENERATE, "disabled"), True, False),
-            (Output(ids.RUN_CANCEL, "disabled"), False, True),
-            (Output(ids.RUN_BUSY, "data"), True, False),
-        ],
-        cancel=[Input(ids.RUN_CANCEL, "n_clicks")],
-        progress=[Output(ids.RUN_STATUS, "children")],
-        interval=500,
+        **RUN_JOB.background([Output(ids.RUN_STATUS, "children")]),
     )
     def run_job(set_progress, n_fwd, n_gen, prompt, chat, n_new, sid, previous):
         try:
@@ -140,9 +135,9 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             set_progress("")
             return no_update, message_of(exc, "The run"), no_update
         finally:
-            wb.mark_done(sid, "run", n_fwd, n_gen)
+            wb.mark_done(sid, RUN_JOB.kind, n_fwd, n_gen)
 
-    watchdog(app, wb, "run", ids.RUN_BUSY, ids.PROMPT_ERROR, [ids.RUN_FORWARD, ids.RUN_GENERATE])
+    watchdog(app, wb, RUN_JOB)
 
     # an error about the previous prompt goes away as soon as the prompt is edited
     app.clientside_callback(

@@ -104,7 +104,7 @@ def thumbnail_grid_figure(
 
 
 def sink_colors(sink: np.ndarray, offset: int = 0) -> list[str]:
-    """Red for keys above the sink threshold (0.3 for position 0, 0.1 after), grey otherwise."""
+    """Red for the keys :func:`workbench.maps.sink_mask` marks as sinks, grey otherwise."""
     return [SINK_COLOR if s else MUTED for s in sink_mask(sink, offset)]
 
 

@@ -18,13 +18,16 @@ import workbench
 from app import figures, ids, jobs
 from app.components import GRAPH_CONFIG, button, cancel_button, controls, help_text, label, muted
 from app.components import number as number_box
-from app.context import AppContext, as_int, message_of
+from app.context import AppContext, JobControls, as_int, message_of
 from app.views.explorer.figures import head_heatmap_figure, query_row_shapes
 from workbench import maps
 from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
     import dash
+
+
+ZOOM_JOB = JobControls("zoom", (ids.WIN_SHOW,), ids.WIN_CANCEL, ids.ZOOM_BUSY, ids.EXPLORER_ERROR)
 
 MAX_WINDOW_ROWS = 512
 EXPIRED = "this run's data has expired; run the prompt again"
@@ -37,8 +40,9 @@ def layout() -> list[Any]:
         help_text(
             "Rows are query tokens, columns key tokens; hover for the weight. The "
             "strip above shows each key's sink score (mean attention it receives "
-            "from the queries that see it); red = sink (> 0.3 for the first token, "
-            "> 0.1 after). Grey cells are keys the query cannot see (causal mask). "
+            f"from the queries that see it); red = sink (> {maps.FIRST_TOKEN_THRESHOLD} for the "
+            f"first token, > {maps.HIDDEN_SINK_THRESHOLD} after). Grey cells are keys the query "
+            "cannot see (causal mask). "
             "Click a cell to make its row the query of the token view.",
             id=ids.HEAD_HELP,
         ),
@@ -284,16 +288,7 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         State(ids.SEL_HEAD, "data"),
         State(ids.RUN_META, "data"),
         State(ids.SESSION, "data"),
-        background=True,
-        prevent_initial_call=True,
-        running=[
-            (Output(ids.WIN_SHOW, "disabled"), True, False),
-            (Output(ids.WIN_CANCEL, "disabled"), False, True),
-            (Output(ids.ZOOM_BUSY, "data"), True, False),
-        ],
-        cancel=[Input(ids.WIN_CANCEL, "n_clicks")],
-        progress=[Output(ids.WIN_STATUS, "children")],
-        interval=500,
+        **ZOOM_JOB.background([Output(ids.WIN_STATUS, "children")]),
     )
     def zoom_job(set_progress, n_show, n_req, start, end, sel, meta, sid):
         try:
@@ -315,4 +310,4 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             set_progress("")
             return no_update, message_of(exc, "Computing the rows")
         finally:
-            wb.mark_done(sid, "zoom", n_show, n_req)
+            wb.mark_done(sid, ZOOM_JOB.kind, n_show, n_req)
