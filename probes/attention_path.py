@@ -14,20 +14,19 @@ reads KV head ``h // (H / Hkv)``, both in SDPA (``enable_gqa``/repeat) and in th
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface
 
 from probes.hooks import AttentionCall, hooks_of
+from probes.semantics import eager_probabilities, semantics_of, workbench_mask
 
 ATTENTION_IMPLEMENTATION = "workbench"
-
-# Keyword arguments that change attention semantics in ways the kernel path does not model.
-_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 
 def _bool_mask(attention_mask: Tensor | None) -> Tensor | None:
@@ -52,8 +51,13 @@ def workbench_attention(
 
     Returns ``(output, None)`` with ``output`` (B, Lq, H, D), the layout transformers expects.
     """
+    semantics = semantics_of(module, kwargs)
+    mask = _bool_mask(attention_mask)
+    if mask is not None and semantics.window is not None:
+        # transformers built the window into the mask (padding, static cache...): keep it there
+        semantics = replace(semantics, window=None)
     hooks = hooks_of(module)
-    if not hooks:
+    if not hooks and semantics.sdpa_exact and semantics.window is None:
         return sdpa_attention_forward(
             module,
             query,
@@ -66,13 +70,6 @@ def workbench_attention(
             **kwargs,
         )
 
-    for name in _UNSUPPORTED_KWARGS:
-        if kwargs.get(name) is not None:
-            raise NotImplementedError(
-                f"workbench hooks do not support attention with `{name}` yet "
-                f"(layer {module.layer_idx}); run without probes/interventions"
-            )
-    mask = _bool_mask(attention_mask)
     causal_flag = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     call = AttentionCall(
         layer=int(module.layer_idx),
@@ -83,6 +80,7 @@ def workbench_attention(
         mask=mask,
         causal=bool(causal_flag) and mask is None,
         scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
+        semantics=semantics,
     )
     for hook in hooks:
         hook.prepare(call)
@@ -104,6 +102,7 @@ def workbench_attention(
                 score_bias=call.score_bias,
                 head_scale=call.head_scale,
                 stats=call.stats_request(),
+                **call.semantics.kernel_arguments(),
             )
         output = differentiable_output(call) if needs_grad else call.result.output
     else:
@@ -131,7 +130,8 @@ def differentiable_output(call: AttentionCall) -> Tensor:
 
     The kernels are inference code (no autograd); when gradients must flow through a hooked
     layer (attribution, training focus directions) the output is recomputed here with the same
-    bias, mask and head scale, materialising (B, H, Lq, Lk) scores for that layer.
+    softcap, bias, mask, window, sinks and head scale, materialising (B, H, Lq, Lk) scores for
+    that layer.
     """
     q, k, v = call.query, call.key, call.value
     group = q.shape[1] // k.shape[1]
@@ -139,16 +139,20 @@ def differentiable_output(call: AttentionCall) -> Tensor:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
     scores = torch.matmul(q, k.transpose(-1, -2)) * call.scaling
+    sem = call.semantics
+    if sem.softcap is not None:
+        scores = sem.softcap * torch.tanh(scores / sem.softcap)
     if call.score_bias is not None:
         scores = scores + call.score_bias.unsqueeze(2).to(scores.dtype)
     n_q, n_k = q.shape[2], k.shape[2]
     visible = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device)
     if call.causal:
         visible = torch.ones_like(visible).tril(diagonal=n_k - n_q)
+    if sem.window is not None:
+        visible = visible & torch.ones_like(visible).triu(diagonal=n_k - n_q - sem.window + 1)
     if call.mask is not None:
         visible = visible & call.mask
-    scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows -> 0
+    probs = eager_probabilities(scores, visible, sem.sinks)
     out = torch.matmul(probs, v)
     if call.head_scale is not None:
         out = out * call.head_scale.view(1, -1, 1, 1).to(out.dtype)
@@ -161,7 +165,7 @@ def register() -> str:
     Returns the implementation name to pass as ``attn_implementation``.
     """
     AttentionInterface.register(ATTENTION_IMPLEMENTATION, workbench_attention)
-    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, workbench_mask)
     return ATTENTION_IMPLEMENTATION
 
 

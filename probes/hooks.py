@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from probes.errors import LayerDidNotFireError, ProbeError
+from probes.semantics import AttentionSemantics
 
 if TYPE_CHECKING:
     from kernels import AttentionResult
@@ -40,7 +41,9 @@ class AttentionCall:
     Shapes: ``query`` (B, H, Lq, D) post-RoPE; ``key``/``value`` (B, Hkv, Lk, D), including the
     KV cache during generation (then ``Lq < Lk`` and query row i sits at absolute position
     ``Lk - Lq + i``). ``mask`` is None (plain causal) or a bool tensor broadcastable to
-    (B, 1, Lq, Lk), True where a query may attend.
+    (B, 1, Lq, Lk), True where a query may attend. ``semantics``: the architecture's softcap,
+    sliding window and learned sinks (:mod:`probes.semantics`); its window is set only when
+    ``mask`` is None (a mask built by transformers already holds the window).
     """
 
     layer: int
@@ -51,6 +54,7 @@ class AttentionCall:
     mask: Tensor | None
     causal: bool
     scaling: float
+    semantics: AttentionSemantics = field(default_factory=AttentionSemantics)
     score_bias: Tensor | None = None  # (B or 1, H, Lk), added to scaled scores
     head_scale: Tensor | None = None  # (H,), multiplies each head's output
     map_heads: set[int] = field(default_factory=set)
@@ -117,12 +121,15 @@ class AttentionCall:
 
     @property
     def needs_kernel(self) -> bool:
-        """True when plain SDPA cannot serve this call (maps, statistics or steering asked)."""
+        """True when plain SDPA cannot serve this call: maps, statistics or steering asked, or
+        semantics SDPA lacks (softcap, learned sinks, a window not in the mask)."""
         return bool(
             self.map_heads
             or self.stats_fields
             or self.score_bias is not None
             or self.head_scale is not None
+            or not self.semantics.sdpa_exact
+            or self.semantics.window is not None
         )
 
     def stats_request(self):

@@ -68,7 +68,9 @@ class Statistics(HookSession):
 
     ``records[layer].stats`` maps names (``received``, ``sink``, ``entropy``, ``argmax``,
     ``argmax_prob``, ``span_mass``, ``distance``, ``pooled``, ``lse``) to tensors with the
-    kernels' shapes, e.g. ``received`` (B, H, Lk), ``entropy`` (B, H, Lq).
+    kernels' shapes, e.g. ``received`` (B, H, Lk), ``entropy`` (B, H, Lq). Layers with learned
+    sinks (gpt-oss) also get ``sink_mass`` (B, H, Lq): the probability each query gives the
+    learned sink.
     """
 
     role = "probe"
@@ -117,8 +119,10 @@ class Statistics(HookSession):
                     merged = list(call.stats_fields["spans"])
                     value = value[..., [merged.index(tuple(s)) for s in self.fields["spans"]]]
                 stats[name] = value.detach().to(dev) if dev is not None else value.detach()
-        if self.spec.lse:
-            stats["lse"] = result.lse.detach().to(dev) if dev is not None else result.lse.detach()
+        extras = {"lse": result.lse if self.spec.lse else None, "sink_mass": result.sink_mass}
+        for name, value in extras.items():
+            if value is not None:
+                stats[name] = value.detach().to(dev) if dev is not None else value.detach()
         self.records.add(
             LayerRecord(
                 layer=call.layer,
