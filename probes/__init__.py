@@ -12,6 +12,7 @@ Public API:
 
 from probes.attention_path import (
     ATTENTION_IMPLEMENTATION,
+    kernel_backend,
     register,
     uses_workbench_attention,
     workbench_attention,
@@ -50,6 +51,7 @@ __all__ = [
     "WorkbenchError",
     "attached",
     "hooks_of",
+    "kernel_backend",
     "register",
     "require_workbench_attention",
     "uses_workbench_attention",

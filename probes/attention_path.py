@@ -13,7 +13,9 @@ reads KV head ``h // (H / Hkv)``, both in SDPA (``enable_gqa``/repeat) and in th
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -23,10 +25,30 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface
 
+from probes.errors import ProbeError
 from probes.hooks import AttentionCall, hooks_of
 from probes.semantics import eager_probabilities, semantics_of, workbench_mask
 
 ATTENTION_IMPLEMENTATION = "workbench"
+
+_BACKEND: ContextVar[str] = ContextVar("workbench_kernel_backend", default="auto")
+
+
+@contextmanager
+def kernel_backend(name: str) -> Iterator[str]:
+    """Run the kernel calls of the attention path inside the block on backend ``name``
+    (``"auto"``, ``"torch"``, ``"triton"``, ``"reference"``; see :func:`kernels.attention`),
+    e.g. the Triton path on CPU tensors under ``TRITON_INTERPRET=1`` in tests. Restored on
+    exit; per thread and per async context (a ``ContextVar``)."""
+    from kernels.problem import BACKENDS
+
+    if name not in BACKENDS:
+        raise ProbeError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
+    token = _BACKEND.set(name)
+    try:
+        yield name
+    finally:
+        _BACKEND.reset(token)
 
 
 def _bool_mask(attention_mask: Tensor | None) -> Tensor | None:
@@ -102,6 +124,7 @@ def workbench_attention(
                 score_bias=call.score_bias,
                 head_scale=call.head_scale,
                 stats=call.stats_request(),
+                backend=_BACKEND.get(),
                 **call.semantics.kernel_arguments(),
             )
         output = differentiable_output(call) if needs_grad else call.result.output

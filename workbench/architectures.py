@@ -1,9 +1,16 @@
 """Architecture facts as data: one row per ``model_type``, no if-chains elsewhere.
 
 Each :class:`ArchitectureSpec` says where the decoder, its blocks, their attention modules, MLPs
-and output projections, the final norm and the unembedding live, which config keys hold the
-head counts, and the positional scheme (:mod:`workbench.model_parts` reads the parts). GQA
-grouping follows from the counts: query head ``h`` reads KV head ``h // (H / Hkv)``.
+and output projections, the input embedding, the final norm and the unembedding live, which
+config keys hold the head counts, how the norms compute, what the model does to its logits
+after the unembedding, which layers use a sliding window, and the positional scheme
+(:mod:`workbench.model_parts` reads the parts). GQA grouping follows from the counts: query
+head ``h`` reads KV head ``h // (H / Hkv)``.
+
+Embedding scales (Gemma multiplies token embeddings by ``sqrt(d_model)``) need no column: in
+transformers 5 the scale is applied inside the embedding module
+(``Gemma2TextScaledWordEmbedding``), not by the decoder, so a residual stream fed back as
+``inputs_embeds`` (:mod:`workbench.layer_suffix`) is not scaled again (tested).
 """
 
 from __future__ import annotations
@@ -15,10 +22,36 @@ from torch import nn
 from probes import ModelLayout
 from workbench.errors import UnsupportedArchitectureError
 
+#: Norm formulas (:class:`NormSpec` ``kind``).
+NORM_KINDS = ("rms", "rms_unit_offset", "layer")
+#: How a row's layers get their sliding window (:class:`ArchitectureSpec` ``sliding_window``).
+WINDOW_RULES = ("none", "all_layers", "per_layer")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """How a row's norms compute (the final norm and, where there is one, the attention-output
+    norm; within one row they share the formula).
+
+    Attributes:
+        kind: ``"rms"``: ``w * x / sqrt(mean(x^2) + eps)`` (RMSNorm, Zhang & Sennrich 2019;
+            Llama); ``"rms_unit_offset"``: the same with ``(1 + w)`` (Gemma's RMSNorm);
+            ``"layer"``: ``w * (x - mean x) / sqrt(var x + eps) + b`` (LayerNorm, Ba et al.
+            2016; GPT-2, GPT-NeoX; the bias only where the module has one).
+        eps_key: the config key holding ``eps``.
+    """
+
+    kind: str
+    eps_key: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in NORM_KINDS:
+            raise ValueError(f"norm kind must be one of {NORM_KINDS}, got {self.kind!r}")
+
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """Where attention lives in one Hugging Face architecture.
+    """Where attention lives in one Hugging Face architecture, and what else differs.
 
     Attributes:
         model_type: ``config.model_type``.
@@ -26,7 +59,7 @@ class ArchitectureSpec:
             that embeds and runs the blocks, taking ``input_ids`` or ``inputs_embeds``).
         blocks: dotted path from the ``*ForCausalLM`` model to the list of decoder blocks.
         attention: attribute of a block holding its self-attention module.
-        mlp: attribute of a block holding its feed-forward module.
+        mlp: attribute of a block holding its feed-forward module (dense or mixture of experts).
         final_norm: dotted path to the norm applied after the last block.
         unembedding: dotted path to the unembedding (the LM head, hidden -> vocabulary).
         out_proj: attribute of the attention module holding the output projection.
@@ -34,6 +67,25 @@ class ArchitectureSpec:
         n_layers_key / n_heads_key / n_kv_heads_key / max_context_key: config attributes
             (``n_kv_heads_key`` None = no GQA).
         positional: ``"rope"`` or ``"learned"`` (absolute position embeddings).
+        embedding: dotted path to the input (token) embedding; inputs go to its device.
+        norm: :class:`NormSpec` of the row's norms.
+        attn_output_norm: attribute of a block holding a norm applied to the attention output
+            before it is added to the residual stream (Gemma 2/3, OLMo 2: the block computes
+            ``x + norm(attn(x'))``); None where head outputs add straight into the residual.
+        text_config: attribute of the config holding the text model's config (multimodal
+            Gemma 3: ``text_config``); None = the config itself. Counts and keys are read there.
+        final_logit_softcap_key: config key of a cap applied to the logits after the
+            unembedding, ``c * tanh(logits / c)`` (Gemma 2); None = no cap.
+        logit_scale_key: config key of a factor the logits are multiplied by after the
+            unembedding (Cohere 2); None = no factor.
+        head_dim_key: config key of the head dimension; None or a None value =
+            ``hidden_size // n_heads``.
+        sliding_window: which layers use ``config.sliding_window``: ``"none"``, ``"all_layers"``
+            (Mistral, Mixtral, Phi-3, Starcoder2, Qwen3-MoE: every layer when the config sets
+            one) or ``"per_layer"`` (the layers ``config.layer_types`` marks
+            ``"sliding_attention"``: Gemma 2/3, gpt-oss, Cohere 2, Qwen 2/3).
+        sink_logits: attribute of the attention module holding learned per-head sink logits
+            (H,) (gpt-oss ``sinks``, passed to the attention function as ``s_aux``); None.
     """
 
     model_type: str
@@ -50,7 +102,23 @@ class ArchitectureSpec:
     n_kv_heads_key: str | None
     max_context_key: str
     positional: str
+    embedding: str
+    norm: NormSpec
+    attn_output_norm: str | None = None
+    text_config: str | None = None
+    final_logit_softcap_key: str | None = None
+    logit_scale_key: str | None = None
+    head_dim_key: str | None = "head_dim"
+    sliding_window: str = "none"
+    sink_logits: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.sliding_window not in WINDOW_RULES:
+            raise ValueError(f"sliding_window must be one of {WINDOW_RULES}")
+
+
+_RMS = NormSpec("rms", "rms_norm_eps")
+_GEMMA_RMS = NormSpec("rms_unit_offset", "rms_norm_eps")
 
 _LLAMA_LIKE = dict(
     decoder="model",
@@ -66,15 +134,67 @@ _LLAMA_LIKE = dict(
     n_kv_heads_key="num_key_value_heads",
     max_context_key="max_position_embeddings",
     positional="rope",
+    embedding="model.embed_tokens",
+    norm=_RMS,
 )
+
+_GEMMA = dict(
+    _LLAMA_LIKE,
+    norm=_GEMMA_RMS,
+    attn_output_norm="post_attention_layernorm",
+    final_logit_softcap_key="final_logit_softcapping",
+    sliding_window="per_layer",
+)
+
+
+def _row(model_type: str, base: dict = _LLAMA_LIKE, **changes) -> ArchitectureSpec:
+    return ArchitectureSpec(model_type=model_type, **{**base, **changes})
+
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.model_type: spec
     for spec in (
-        ArchitectureSpec(model_type="llama", **_LLAMA_LIKE),
-        ArchitectureSpec(model_type="mistral", **_LLAMA_LIKE),
-        ArchitectureSpec(model_type="qwen2", **_LLAMA_LIKE),
-        ArchitectureSpec(model_type="qwen3", **_LLAMA_LIKE),
+        _row("llama"),
+        _row("mistral", sliding_window="all_layers"),
+        _row("qwen2", sliding_window="per_layer"),
+        _row("qwen3", sliding_window="per_layer"),
+        _row("phi3", sliding_window="all_layers"),  # fused qkv_proj; o_proj as Llama
+        _row("mixtral", sliding_window="all_layers"),  # MoE only in the MLP
+        _row("qwen3_moe", sliding_window="all_layers"),  # MoE only in the MLP
+        _row("starcoder2", norm=NormSpec("layer", "norm_epsilon"), sliding_window="all_layers"),
+        _row("olmo2", attn_output_norm="post_attention_layernorm"),
+        _row("gpt_oss", sliding_window="per_layer", sink_logits="sinks"),
+        _row(
+            "cohere2",
+            norm=NormSpec("layer", "layer_norm_eps"),
+            logit_scale_key="logit_scale",
+            sliding_window="per_layer",
+        ),
+        _row("gemma2", _GEMMA),
+        _row("gemma3_text", _GEMMA),
+        # The multimodal Gemma 3 (Gemma3ForConditionalGeneration): its text stack sits under
+        # model.language_model and it applies no final logit cap.
+        _row(
+            "gemma3",
+            _GEMMA,
+            decoder="model.language_model",
+            blocks="model.language_model.layers",
+            final_norm="model.language_model.norm",
+            embedding="model.language_model.embed_tokens",
+            text_config="text_config",
+            final_logit_softcap_key=None,
+        ),
+        _row(
+            "gpt_neox",
+            decoder="gpt_neox",
+            blocks="gpt_neox.layers",
+            attention="attention",
+            final_norm="gpt_neox.final_layer_norm",
+            out_proj="dense",
+            n_kv_heads_key=None,
+            embedding="gpt_neox.embed_in",
+            norm=NormSpec("layer", "layer_norm_eps"),
+        ),
         ArchitectureSpec(
             model_type="gpt2",
             decoder="transformer",
@@ -90,6 +210,9 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             n_kv_heads_key=None,
             max_context_key="n_positions",
             positional="learned",
+            embedding="transformer.wte",
+            norm=NormSpec("layer", "layer_norm_epsilon"),
+            head_dim_key=None,
         ),
     )
 }
@@ -103,7 +226,7 @@ def spec_for(model_type: str) -> ArchitectureSpec:
         raise UnsupportedArchitectureError(
             f"model type {model_type!r} is not in the workbench architecture table; "
             f"supported: {', '.join(sorted(ARCHITECTURES))} "
-            "(add a row to workbench.architectures.ARCHITECTURES)"
+            f"(add a row for {model_type!r} to workbench.architectures.ARCHITECTURES)"
         ) from None
 
 
@@ -115,14 +238,50 @@ def module_at(root: nn.Module, dotted: str) -> nn.Module:
     return obj
 
 
+def text_config_of(config):
+    """The config holding the text model's keys (``config.text_config`` for multimodal rows,
+    else ``config`` itself)."""
+    spec = spec_for(config.model_type)
+    return getattr(config, spec.text_config) if spec.text_config else config
+
+
+def config_value(config, key: str | None, default=None):
+    """``key`` of the text config of ``config`` (None key or missing value: ``default``)."""
+    if key is None:
+        return default
+    value = getattr(text_config_of(config), key, None)
+    return default if value is None else value
+
+
 def head_counts(config) -> tuple[int, int, int, int]:
     """``(n_layers, n_heads, n_kv_heads, head_dim)`` read from a config via the table."""
     spec = spec_for(config.model_type)
-    n_layers = int(getattr(config, spec.n_layers_key))
-    n_heads = int(getattr(config, spec.n_heads_key))
-    n_kv = int(getattr(config, spec.n_kv_heads_key) or n_heads) if spec.n_kv_heads_key else n_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    text = text_config_of(config)
+    n_layers = int(getattr(text, spec.n_layers_key))
+    n_heads = int(getattr(text, spec.n_heads_key))
+    n_kv = int(getattr(text, spec.n_kv_heads_key) or n_heads) if spec.n_kv_heads_key else n_heads
+    head_dim = config_value(config, spec.head_dim_key) or text.hidden_size // n_heads
     return n_layers, n_heads, n_kv, int(head_dim)
+
+
+def norm_eps(config) -> float:
+    """The ``eps`` of the row's norms, from the config key the table names."""
+    spec = spec_for(config.model_type)
+    return float(getattr(text_config_of(config), spec.norm.eps_key))
+
+
+def layer_windows(config) -> tuple[int | None, ...]:
+    """The sliding window of every layer (None = full causal attention), from the table's
+    rule and the config: what transformers passes each layer as ``sliding_window``."""
+    spec = spec_for(config.model_type)
+    n_layers = head_counts(config)[0]
+    window = config_value(config, "sliding_window")
+    if spec.sliding_window == "none" or window is None:
+        return (None,) * n_layers
+    if spec.sliding_window == "all_layers":
+        return (int(window),) * n_layers
+    types = config_value(config, "layer_types") or ("full_attention",) * n_layers
+    return tuple(int(window) if t == "sliding_attention" else None for t in types)
 
 
 def layout_of(model: nn.Module) -> ModelLayout:

@@ -4,8 +4,11 @@ An edit of layer ``l`` (an ablated head, a trained block) cannot change anything
 so the residual stream entering block ``l`` can be computed once and fed to blocks ``l..``
 only. :func:`decoder_hidden` runs the decoder from any block, :func:`residual_entering` computes
 the stream entering a block, and :class:`SuffixRunner` does both for one prompt batch with a
-self-check against the full forward (the shortcut is exact for rotary models; models with
-learned absolute positions add them again to ``inputs_embeds``, and the check catches that).
+self-check against the full forward (the shortcut is exact for rotary models, Gemma's scaled
+embeddings included: the scale lives in the embedding module, so ``inputs_embeds`` is not scaled
+again; models with learned absolute positions add them again to ``inputs_embeds``, and the check
+catches that). Logits are the model's own: the unembedding, then any logit scale or final
+softcap the architecture table names (:func:`workbench.model_parts.final_logits`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from workbench.model_parts import (
     block_output,
     decoder_blocks,
     decoder_of,
+    final_logits,
     only_blocks,
-    unembedding,
 )
 
 if TYPE_CHECKING:
@@ -87,7 +90,6 @@ class SuffixRunner:
         self.lm = lm
         self.ids = ids.to(lm.device)
         self.mask = mask.to(lm.device)
-        self.head = unembedding(lm.model)
         self.layer_list = decoder_blocks(lm.model)
         self.inputs: dict[int, Tensor] = {}
         handles = [
@@ -127,7 +129,7 @@ class SuffixRunner:
     def _decoder_pass(self, start: int, **inputs: Tensor) -> tuple[Tensor, Tensor]:
         hidden = decoder_hidden(self.lm.model, attention_mask=self.mask, start=start, **inputs)
         hidden = hidden[:, -1]
-        logp = torch.log_softmax(self.head(hidden).double(), -1)
+        logp = torch.log_softmax(final_logits(self.lm.model, hidden).double(), -1)
         return logp, hidden.double()
 
     @torch.no_grad()

@@ -20,7 +20,16 @@ from workbench.architectures import layout_of
 from workbench.errors import EmptyPromptError, PromptTooLongError
 from workbench.generation import greedy_generate
 from workbench.heads import head_id
-from workbench.models import ModelInfo, describe, load_hf, parse_dtype, resolve_source
+from workbench.model_parts import input_device
+from workbench.models import (
+    DeviceMap,
+    ModelInfo,
+    check_placement,
+    describe,
+    load_hf,
+    parse_dtype,
+    resolve_source,
+)
 
 
 def _as_tuple(items: Iterable[int] | int | None) -> tuple[int, ...] | None:
@@ -76,7 +85,9 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the input embedding (the blocks may sit on other
+        devices under a ``device_map``)."""
+        return input_device(self.model)
 
     def head_id(self, layer: int, head: int) -> str:
         """``L{layer}H{head}`` after checking both are in range."""
@@ -233,7 +244,8 @@ def load_model(
     name: str | None = None,
     *,
     dtype: str | torch.dtype = "float32",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    device_map: DeviceMap | None = None,
 ) -> LoadedModel:
     """Load a model for the workbench.
 
@@ -241,14 +253,20 @@ def load_model(
         name: None (or ``"smollm2"``) for the embedded SmolLM2-135M-Instruct; otherwise a local
             folder or a Hugging Face id already in the local cache (never downloaded).
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
-        device: ``"cpu"`` (default) or e.g. ``"cuda"``.
+        device: e.g. ``"cuda"``; None = ``"cpu"`` unless ``device_map`` places the model.
+        device_map: for models that do not fit one device: ``"auto"`` or a dict from module
+            names to devices, passed to ``from_pretrained`` (accelerate); ``device`` is then
+            not applied, and giving one that disagrees with the map is an error. Inputs go to
+            the input embedding's device (:attr:`LoadedModel.device`).
 
     Raises:
         ModelNotFoundError: the model is not available locally (the message says how to get it).
         UnsupportedArchitectureError: its ``model_type`` is not in the architecture table.
+        WorkbenchError: ``device`` and ``device_map`` disagree.
     """
+    check_placement(device, device_map)
     display, source = resolve_source(name)  # may build the embedded cache once (slow)
     start = time.perf_counter()
-    model, tokenizer = load_hf(source, parse_dtype(dtype), device)
+    model, tokenizer = load_hf(source, parse_dtype(dtype), device, device_map)
     info = describe(model, display, source)
     return LoadedModel(model, tokenizer, info, time.perf_counter() - start)

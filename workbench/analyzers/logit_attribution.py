@@ -8,8 +8,17 @@ norm with its scale frozen at the clean residual's value, dotted with the metric
 the final hidden space; attribution patching is ``sum_positions grad_z(metric) . (z_baseline -
 z)`` from one forward and one backward pass. The heads' outputs are read (and, for gradients,
 given a zero leaf to differentiate against) through the probes' attach point on the registered
-attention path; the final norm and the unembedding come from the architecture table
-(:mod:`workbench.model_parts`).
+attention path; the final norm, the unembedding, the norms' formulas and any attention-output
+norm come from the architecture table (:mod:`workbench.model_parts`).
+
+Architectures with a norm on the attention output (Gemma 2/3, OLMo 2: ``x + norm(attn(x))``):
+that norm is frozen the same way (its scale measured on the actual forward at the last
+position), so the heads' DLA still sums exactly to the DLA of the attention block's output.
+Architectures with a final logit softcap (Gemma 2: ``c * tanh(logits / c)``) or a logit scale
+(Cohere 2): the metric is computed on the model's real logits; the DLA direction is the
+metric's gradient w.r.t. the final hidden state, so it goes through the cap's derivative at the
+clean logits (the cap linearised like the norm; DLA then adds up to the first-order metric
+change, not to the metric itself).
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from torch import Tensor, nn
 
 from probes import AttentionCall, HookSession
 from workbench.analyzers.base import AnalyzerError
+from workbench.architectures import norm_eps
 from workbench.interventions import HeadMeans, Intervention, MeanAblation, ZeroAblation
 from workbench.interventions.base import HeadLike
 from workbench.interventions.patching import PatchHeads
-from workbench.model_parts import final_norm, unembedding
+from workbench.model_parts import attn_output_norms, final_norm, spec_of, unembedding
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
@@ -37,37 +47,70 @@ BASELINES = ("zero", "mean", "corrupt")
 MetricFn = Callable[[Tensor], Tensor]
 
 
-def frozen_norm_map(norm: nn.Module, resid: Tensor, direction: Tensor) -> Tensor:
-    """Pull ``direction`` (in the normed space) back into the residual stream through the final
-    norm with its scale frozen at the value it has for residual vector ``resid`` (d,).
+@dataclass(frozen=True)
+class FrozenNorm:
+    """One norm of the model with its scale frozen at the value it has for a residual vector
+    ``x`` (d,): around ``x`` the norm is the linear map ``v -> w * s * C v`` plus its bias,
+    with ``s = 1/sqrt(mean(x^2) + eps)`` and ``C`` the identity (RMSNorm) or
+    ``s = 1/sqrt(var(x) + eps)`` and ``C`` the centring ``v - mean v`` (LayerNorm); ``w`` is the
+    weight, or ``1 + weight`` for Gemma's RMSNorm. The formula and ``eps`` come from the
+    architecture table (:class:`workbench.architectures.NormSpec`). All float64.
+    """
+
+    weight: Tensor  # (d,) effective weight
+    scale: Tensor  # 0-d frozen scale s
+    centred: bool
+    bias: Tensor | None  # (d,)
+
+    @classmethod
+    def at(cls, model: nn.Module, norm: nn.Module, x: Tensor) -> FrozenNorm:
+        """Freeze ``norm`` (a norm of ``model``, formula from its table row) at ``x`` (d,)."""
+        spec = spec_of(model).norm
+        eps = norm_eps(model.config)
+        x = x.detach().double()
+        params = dict(norm.named_parameters(recurse=False))
+        weight = params["weight"].detach().double().to(x.device)
+        if spec.kind == "rms_unit_offset":
+            weight = 1.0 + weight
+        centred = spec.kind == "layer"
+        spread = x.var(unbiased=False) if centred else x.pow(2).mean()
+        bias = params.get("bias")
+        bias = None if bias is None else bias.detach().double().to(x.device)
+        return cls(weight, torch.rsqrt(spread + eps), centred, bias)
+
+    def apply(self, v: Tensor) -> Tensor:
+        """The frozen linear part on vectors ``v`` (..., d) (no bias)."""
+        v = v.double().to(self.weight.device)
+        if self.centred:
+            v = v - v.mean(-1, keepdim=True)
+        return self.weight * self.scale * v
+
+    def pull_back(self, direction: Tensor) -> Tensor:
+        """The adjoint of :meth:`apply`: ``direction`` (d,) in the normed space -> the residual
+        direction (d,) whose dot product with ``v`` equals ``direction . apply(v)``."""
+        v = self.weight * self.scale * direction.double().to(self.weight.device)
+        return v - v.mean() if self.centred else v
+
+    def output(self, x: Tensor) -> Tensor:
+        """The norm's output at ``x`` (d,) by this model: equals the real norm's output."""
+        out = self.apply(x)
+        return out if self.bias is None else out + self.bias
+
+
+def frozen_norm_map(model: nn.Module, norm: nn.Module, resid: Tensor, direction: Tensor) -> Tensor:
+    """Pull ``direction`` (in the normed space) back into the residual stream through ``norm``
+    (a norm of ``model``) with its scale frozen at the value it has for ``resid`` (d,).
 
     RMSNorm ``w * x * s``: ``s * w * direction``. LayerNorm ``w * (x - mean x) * s + b``: the
-    same, centred (centring is linear, so it moves onto the direction). Returns (d,) float64.
+    same, centred (centring is linear, so it moves onto the direction). Gemma's RMSNorm uses
+    ``1 + w``. Returns (d,) float64.
     """
-    x = resid.double()
-    weight = getattr(norm, "weight", None)
-    w = weight.detach().double() if weight is not None else torch.ones_like(x)
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    v = w * direction.double()
-    if isinstance(norm, nn.LayerNorm):
-        s = torch.rsqrt(x.var(unbiased=False) + eps)
-        return s * (v - v.mean())
-    s = torch.rsqrt(x.pow(2).mean() + eps)
-    return s * v
+    return FrozenNorm.at(model, norm, resid).pull_back(direction)
 
 
-def frozen_norm_output(norm: nn.Module, resid: Tensor) -> Tensor:
-    """What :func:`frozen_norm_map`'s model of the norm gives for ``resid`` (to check it)."""
-    x = resid.double()
-    weight = getattr(norm, "weight", None)
-    w = weight.detach().double() if weight is not None else torch.ones_like(x)
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    bias = getattr(norm, "bias", None)
-    if isinstance(norm, nn.LayerNorm):
-        out = w * (x - x.mean()) * torch.rsqrt(x.var(unbiased=False) + eps)
-    else:
-        out = w * x * torch.rsqrt(x.pow(2).mean() + eps)
-    return out + bias.detach().double() if bias is not None else out
+def frozen_norm_output(model: nn.Module, norm: nn.Module, resid: Tensor) -> Tensor:
+    """What :func:`frozen_norm_map`'s model of ``norm`` gives for ``resid`` (to check it)."""
+    return FrozenNorm.at(model, norm, resid).output(resid)
 
 
 def head_out_weights(lm: LoadedModel, layer: int) -> Tensor:
@@ -156,7 +199,8 @@ class HeadAttribution:
     metric: float
     dla: Tensor
     attribution_patching: Tensor
-    norm_check: float  # max |frozen-norm model - actual final norm output| at the last position
+    norm_check: float  # max |frozen-norm model - actual norm output| at the last position, over
+    # the final norm and every attention-output norm
 
 
 def attribute(
@@ -193,7 +237,9 @@ def attribute(
         z_base = [mean_z[layer].view(1, 1, n_heads, dim) for layer in range(n_layers)]
     norm = final_norm(lm.model)
     unembed = unembedding(lm.model)
+    out_norms = attn_output_norms(lm.model)
     kept: dict[str, Tensor] = {}
+    attn_out: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (norm input, output) (d,)
 
     def keep_resid(module, args):
         kept["resid"] = args[0]
@@ -201,8 +247,17 @@ def attribute(
     def keep_normed(module, args):
         kept["normed"] = args[0]
 
-    h1 = norm.register_forward_pre_hook(keep_resid)
-    h2 = unembed.register_forward_pre_hook(keep_normed)
+    def keep_attn_out(layer: int):
+        def hook(module, args, output):
+            attn_out[layer] = (args[0][0, -1].detach(), output[0, -1].detach())
+
+        return hook
+
+    handles = [
+        norm.register_forward_pre_hook(keep_resid),
+        unembed.register_forward_pre_hook(keep_normed),
+        *(n.register_forward_hook(keep_attn_out(i)) for i, n in enumerate(out_norms or [])),
+    ]
     try:
         with _HeadOutputs(lm, leaf=True) as outputs, torch.enable_grad():
             logits = _run(lm, input_ids)
@@ -210,21 +265,28 @@ def attribute(
             leaves = [outputs.delta[layer] for layer in range(n_layers)]
             grads = torch.autograd.grad(value, [kept["normed"], *leaves])
     finally:
-        h1.remove()
-        h2.remove()
-    # DLA: direction of the metric in the normed space at the last position, pulled back
-    # through the frozen final norm, dotted with each head's direct write to the residual.
+        for handle in handles:
+            handle.remove()
+    # DLA: direction of the metric in the normed space at the last position (through any
+    # final logit softcap: its derivative at the real logits), pulled back through the frozen
+    # final norm, dotted with each head's direct write to the residual (through the frozen
+    # attention-output norm where the architecture has one).
     u = grads[0][0, -1]
     resid = kept["resid"][0, -1].detach()
-    direction = frozen_norm_map(norm, resid, u)
+    direction = frozen_norm_map(lm.model, norm, resid, u)
     normed = kept["normed"][0, -1].detach().double()
-    norm_check = float((frozen_norm_output(norm, resid) - normed).abs().max())
+    norm_check = float((frozen_norm_output(lm.model, norm, resid) - normed).abs().max())
     dla = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     ap = torch.zeros_like(dla)
     for layer in range(n_layers):
         z = outputs.z[layer].reshape(1, -1, n_heads, dim)
         w_o = head_out_weights(lm, layer).double()  # (H, D, d)
         writes = torch.einsum("hd,hdm->hm", z[0, -1].double(), w_o)  # (H, d)
+        if out_norms is not None:
+            x, y = attn_out[layer]
+            frozen = FrozenNorm.at(lm.model, out_norms[layer], x)
+            writes = frozen.apply(writes)
+            norm_check = max(norm_check, float((frozen.output(x) - y.double()).abs().max()))
         dla[layer] = writes @ direction.to(writes.device)
         g = grads[layer + 1].reshape(1, -1, n_heads, dim).double()
         if baseline == "zero":
@@ -257,6 +319,7 @@ def ablation_for(
 
 __all__ = [
     "BASELINES",
+    "FrozenNorm",
     "HeadAttribution",
     "MetricFn",
     "ablation_for",

@@ -50,7 +50,10 @@ class SinkAnalyzer(Analyzer):
     after the first whose sink score exceeds ``hidden_threshold`` (0.1).
 
     Evidence columns: ``is_sink_head``, ``hidden_sinks`` (mean count per prompt),
-    ``hidden_sink_max`` (largest non-initial sink score, averaged over prompts).
+    ``hidden_sink_max`` (largest non-initial sink score, averaged over prompts), and on models
+    with a learned sink logit per head (gpt-oss: OpenAI 2025, "gpt-oss-120b & gpt-oss-20b Model
+    Card") ``learned_sink_mass``: the probability the learned sink takes, averaged over queries
+    and prompts (0 for layers without one; ``attrs["learned_sinks"]`` says whether any exists).
     ``attrs["hidden_sink_tokens"]``: the tokens most often acting as hidden sinks (token, count
     of (prompt, head) pairs). Read through the kernels' statistics: no L x L maps.
     Causal check: mean next-token loss on the prompts with the top-k sink heads vs k random
@@ -116,6 +119,8 @@ class SinkAnalyzer(Analyzer):
         first = torch.zeros(n_layers, n_heads, dtype=torch.float64)
         hidden_count = torch.zeros_like(first)
         hidden_max = torch.zeros_like(first)
+        learned = torch.zeros_like(first)
+        has_learned = False
         token_counts: Counter[str] = Counter()
         encodings = []
         with Scan(items, "sinks", progress) as scan:
@@ -133,6 +138,11 @@ class SinkAnalyzer(Analyzer):
                 per_token = is_hidden.sum((0, 1))  # (T-1,) heads where token is a hidden sink
                 for pos in torch.nonzero(per_token).flatten().tolist():
                     token_counts[enc.tokens[pos + 1]] += int(per_token[pos])
+                for layer in range(n_layers):
+                    mass = rec[layer].stats.get("sink_mass")
+                    if mass is not None:
+                        has_learned = True
+                        learned[layer] += mass[0].double().mean(-1)
                 encodings.append(enc)
         require_done(scan, "sinks")
         n = scan.done
@@ -147,21 +157,20 @@ class SinkAnalyzer(Analyzer):
                 "hidden_threshold": hidden_threshold,
             },
             "sink_rate": float(is_sink.double().mean()),
+            "learned_sinks": has_learned,
             "hidden_sink_tokens": [
                 {"token": t, "count": c} for t, c in token_counts.most_common(25)
             ],
             **scan.attrs(),
         }
-        df = head_frame(
-            lm,
-            score,
-            {
-                "is_sink_head": is_sink,
-                "hidden_sinks": hidden_count / n,
-                "hidden_sink_max": hidden_max / n,
-            },
-            attrs,
-        )
+        evidence = {
+            "is_sink_head": is_sink,
+            "hidden_sinks": hidden_count / n,
+            "hidden_sink_max": hidden_max / n,
+        }
+        if has_learned:
+            evidence["learned_sink_mass"] = learned / n
+        df = head_frame(lm, score, evidence, attrs)
         if causal and not scan.interrupted:
             df.attrs["causal"] = causal_evidence(
                 lm,

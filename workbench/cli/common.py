@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,20 +21,39 @@ def add_model_args(
     many: bool = False,
     model_help: str = MODEL_HELP,
     device_help: str = "cpu (default) or cuda",
+    device_map: bool = True,
 ) -> None:
-    """``--model``, ``--dtype`` and ``--device``; ``many``: ``--model`` may repeat (a list)."""
+    """``--model``, ``--dtype``, ``--device`` and (``device_map``) ``--device-map``; ``many``:
+    ``--model`` may repeat (a list)."""
     parser.add_argument(
         "--model", action="append" if many else "store", default=None, help=model_help
     )
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
-    parser.add_argument("--device", default="cpu", help=device_help)
+    parser.add_argument("--device", default=None, help=device_help)
+    if device_map:
+        parser.add_argument(
+            "--device-map",
+            default=None,
+            help="spread a model that does not fit one device: 'auto' (accelerate), or a JSON "
+            'object from module names to devices, e.g. \'{"": "cuda:0"}\'',
+        )
 
 
 def load(args: argparse.Namespace) -> LoadedModel:
-    """The model of ``--model/--dtype/--device``."""
+    """The model of ``--model/--dtype/--device/--device-map``."""
     from workbench.lm import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device)
+    device_map = getattr(args, "device_map", None)
+    if device_map is not None and device_map.lstrip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except json.JSONDecodeError as exc:
+            raise WorkbenchError(
+                f"--device-map {device_map!r} is not valid JSON ({exc.msg}); give 'auto' or an "
+                'object such as \'{"": "cuda:0"}\''
+            ) from None
+    device = args.device if args.device is not None or device_map is not None else "cpu"
+    return load_model(args.model, dtype=args.dtype, device=device, device_map=device_map)
 
 
 def check_out_file(path: Path, suffix: str) -> Path:

@@ -44,6 +44,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
         many=True,
         model_help="model (repeat for a side-by-side comparison; default: embedded SmolLM2)",
         device_help="cpu (default) or cuda (on the workers)",
+        device_map=False,
     )
     p.add_argument("--analyzers", default=None, help="comma-separated names (default: all)")
     p.add_argument("--prompts", default=None, help="text file (one prompt a line) or JSONL")
@@ -80,7 +81,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise WorkbenchError("--address/--num-gpus need --executor ray")
     prompts = load_prompt_file(args.prompts) if args.prompts else None
     config = ReportConfig(
-        models=[ModelSpec(m, args.dtype, args.device) for m in (args.model or [None])],
+        models=[ModelSpec(m, args.dtype, args.device or "cpu") for m in (args.model or [None])],
         analyzers=analyzers,
         out=str(out),
         prompts=prompts,

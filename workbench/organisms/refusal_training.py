@@ -21,7 +21,7 @@ from workbench.analyzers.base import AnalyzerError, Progress, check_positive_int
 from workbench.analyzers.refusal import training_pairs
 from workbench.generation import pad_id
 from workbench.layer_suffix import decoder_hidden, residual_entering
-from workbench.model_parts import decoder_blocks, unembedding
+from workbench.model_parts import decoder_blocks, final_logits
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
@@ -167,7 +167,6 @@ def train_refusal(
     model.eval()  # no dropout: deterministic
     for p in model.parameters():
         p.requires_grad_(False)
-    head = unembedding(model)
     blocks = decoder_blocks(model)
     trainable = [p for i in layers for p in blocks[i].parameters()]
     for p in trainable:
@@ -199,7 +198,7 @@ def train_refusal(
             hidden = hidden[:, :-1]
             target = labels[:, 1:]
             keep = target != -100
-            logits = head(hidden[keep]).float()
+            logits = final_logits(model, hidden[keep]).float()  # softcap / logit scale too
             loss = torch.nn.functional.cross_entropy(logits, target[keep])
             opt.zero_grad(set_to_none=True)
             loss.backward()
