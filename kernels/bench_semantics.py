@@ -75,11 +75,21 @@ def calls(
     }
 
 
+def _high_water_bytes() -> int:
+    """This process's peak resident memory. ``VmHWM`` belongs to the address space, which
+    ``exec`` makes anew; ``getrusage``'s ``ru_maxrss`` would start at the parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: approximate
+
+
 def _child(shape: str, length: int, which: str, device: str, dtype: str) -> None:
     fn = calls(SHAPES[shape], length, device, getattr(torch, dtype))[which]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _high_water_bytes()
     fn()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+    print(_high_water_bytes() - base)
 
 
 def peak_bytes(shape: str, length: int, which: str, device: str, dtype: torch.dtype) -> float:
