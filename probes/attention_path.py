@@ -103,6 +103,7 @@ def workbench_attention(
         causal=bool(causal_flag) and mask is None,
         scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
         semantics=semantics,
+        backend=_BACKEND.get(),
     )
     for hook in hooks:
         hook.prepare(call)
@@ -124,7 +125,7 @@ def workbench_attention(
                 score_bias=call.score_bias,
                 head_scale=call.head_scale,
                 stats=call.stats_request(),
-                backend=_BACKEND.get(),
+                backend=call.backend,
                 **call.semantics.kernel_arguments(),
             )
         output = differentiable_output(call) if needs_grad else call.result.output

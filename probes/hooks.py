@@ -55,6 +55,7 @@ class AttentionCall:
     causal: bool
     scaling: float
     semantics: AttentionSemantics = field(default_factory=AttentionSemantics)
+    backend: str = "auto"  # the kernels backend of this call (probes.kernel_backend)
     score_bias: Tensor | None = None  # (B or 1, H, Lk), added to scaled scores
     head_scale: Tensor | None = None  # (H,), multiplies each head's output
     map_heads: set[int] = field(default_factory=set)

@@ -23,6 +23,7 @@ SMALL = dict(
     pad_token_id=0,
     bos_token_id=1,
     eos_token_id=2,
+    initializer_range=0.2,  # scores of a few units: softcaps, windows and sinks all matter
 )
 MIXED = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
 GEMMA = dict(head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24, layer_types=MIXED)
@@ -31,7 +32,8 @@ FAMILIES: dict[str, dict] = {
     "mistral": dict(sliding_window=WINDOW),
     "qwen2": dict(sliding_window=WINDOW, use_sliding_window=True, layer_types=MIXED),
     "qwen3": dict(head_dim=16),
-    "gemma2": dict(GEMMA, attn_logit_softcapping=50.0, final_logit_softcapping=3.0),
+    # caps smaller than Gemma 2's 50 / 30, so that tanh is far from linear on these scores
+    "gemma2": dict(GEMMA, attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
     "gemma3_text": dict(GEMMA),
     "gpt_neox": dict(rotary_pct=0.25),
     "phi3": {},

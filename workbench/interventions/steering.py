@@ -78,11 +78,17 @@ class AttentionCalibration(Intervention):
         p'_ij = p_ij * (1 - beta * P_iS) / (1 - P_iS)          otherwise, P_iS = sum_S p_ij
 
     Computed exactly without any L x L map: the kernels give the output and each row's
-    log-sum-exp; the probabilities of the few sink keys are recomputed from q, k and the LSE,
-    and the output is corrected as ``a_i (o_i - V_iS) + beta V_iS`` with ``V_iS = sum_S p_ij
-    v_j``. Sinks are detected on the first call of each layer (the prompt) and kept for the
+    log-sum-exp; the probabilities of the few sink keys are recomputed from q, k and the LSE
+    (``P_iS``, ``V_iS = sum_S p_ij v_j``), a second kernel call gives the output over the other
+    keys renormalised among themselves (``O_i``), and the new output is
+    ``(1 - beta P_iS) O_i + beta V_iS``. Rows whose visible keys are all sinks are unchanged.
+    Sinks are detected on the first call of each layer (the prompt) and kept for the
     decode steps of a generation; pass ``sinks`` (``{(layer, head): [key indices per batch
-    item]}``, e.g. another instance's ``.sinks``) to use a fixed set instead.
+    item]}``, e.g. another instance's ``.sinks``) to use a fixed set instead. The recomputed
+    probabilities use the layer's own semantics (softcap, sliding window); on a model with
+    learned sink logits (gpt-oss) the "other" mass includes the learned sink's share, which
+    gets its proportional part of the freed mass and, having no value, adds nothing to
+    the output.
     """
 
     name = "act"
@@ -118,6 +124,8 @@ class AttentionCalibration(Intervention):
         batch = call.query.shape[0]
         group = call.n_heads // call.key.shape[1]
         out = output.clone()
+        hide = torch.zeros(batch, call.n_heads, call.n_keys, device=call.query.device)
+        parts: list[tuple[int, int, Tensor, Tensor]] = []
         for h in heads:
             key = (call.layer, h)
             if key not in self.sinks:  # prompt: detect this head's sinks per batch item
@@ -133,22 +141,51 @@ class AttentionCalibration(Intervention):
                 k = call.key[b, h // group].float().index_select(0, sink_idx)  # (S, D)
                 v = call.value[b, h // group].float().index_select(0, sink_idx)
                 scores = q @ k.T * call.scaling  # (Lq, S)
+                cap = call.semantics.softcap
+                if cap is not None:  # the logits the model really uses (Gemma 2)
+                    scores = cap * torch.tanh(scores / cap)
                 if call.score_bias is not None:
                     bias = call.score_bias[min(b, call.score_bias.shape[0] - 1), h]
                     scores = scores + bias.index_select(0, sink_idx)
                 visible = _visible(call, b, sink_idx)
                 p = torch.exp(scores - result.lse[b, h].unsqueeze(-1).float())
                 p = torch.where(visible, p, torch.zeros_like(p))
-                p_sink = p.sum(-1, keepdim=True)  # (Lq, 1)
-                v_sink = p @ v  # (Lq, D)
-                scale = 1.0 if call.head_scale is None else float(call.head_scale[h])
-                a = (1 - self.beta * p_sink) / (1 - p_sink).clamp_min(1e-12)
-                a = torch.where(p_sink < 1 - 1e-6, a, torch.ones_like(a))
-                beta = torch.where(p_sink < 1 - 1e-6, self.beta, 1.0)
-                o = out[b, :, h].float()
-                new = a * (o - scale * v_sink) + beta * scale * v_sink
-                out[b, :, h] = new.to(out.dtype)
+                parts.append((b, h, p.sum(-1, keepdim=True), p @ v))  # P_iS (Lq, 1), V_iS
+                hide[b, h, sink_idx] = -math.inf
+        if not parts:
+            return out
+        others = _attention_without(
+            call, hide
+        )  # (B, Lq, H, D): sum_{j not in S} p_ij v_j / (1 - P_iS)
+        for b, h, p_sink, v_sink in parts:
+            scale = 1.0 if call.head_scale is None else float(call.head_scale[h])
+            new = (1 - self.beta * p_sink) * others[b, :, h].float() + self.beta * scale * v_sink
+            keep = p_sink >= 1 - 1e-6  # every visible key is a sink: nothing to give mass to
+            out[b, :, h] = torch.where(keep, out[b, :, h].float(), new).to(out.dtype)
         return out
+
+
+def _attention_without(call, hide: Tensor) -> Tensor:
+    """The call's attention output (B, Lq, H, D) with the keys where ``hide`` (B, H, Lk) is
+    -inf taken out of each softmax: the other keys renormalised among themselves (and a learned
+    sink, which keeps its share). Computed by the kernels, so ACT's correction needs no
+    ``o - V_S`` subtraction, which loses all precision when the sinks hold nearly all the mass.
+    """
+    import kernels
+
+    bias = hide if call.score_bias is None else call.score_bias + hide
+    return kernels.attention(
+        call.query,
+        call.key,
+        call.value,
+        scale=call.scaling,
+        causal=call.causal,
+        mask=call.mask,
+        score_bias=bias,
+        head_scale=call.head_scale,
+        backend=call.backend,
+        **call.semantics.kernel_arguments(),
+    ).output
 
 
 def _visible(call, b: int, key_idx: Tensor) -> Tensor:
@@ -157,6 +194,9 @@ def _visible(call, b: int, key_idx: Tensor) -> Tensor:
     vis = torch.ones(call.n_queries, key_idx.numel(), dtype=torch.bool, device=key_idx.device)
     if call.causal:
         vis &= key_idx.unsqueeze(0) <= pos.unsqueeze(1)
+    window = call.semantics.window
+    if window is not None:  # a sliding layer whose window is not in a mask
+        vis &= key_idx.unsqueeze(0) > pos.unsqueeze(1) - window
     if call.mask is not None:
         m = call.mask[min(b, call.mask.shape[0] - 1), 0]  # (Lq, Lk)
         vis &= m.index_select(1, key_idx).bool()
