@@ -115,17 +115,31 @@ def add_causal_panel(
         secondary_y=False,
     )
     fig.update_yaxes(range=[lo, hi], fixedrange=True, row=row, col=col, secondary_y=False)
+    changes = _round_ticks(lo - ref, hi - ref)
     fig.update_yaxes(
         range=[lo - ref, hi - ref],
         fixedrange=True,
         showgrid=False,
         zeroline=False,
-        tickformat="+.2g",
+        tickvals=changes,
+        ticktext=[f"{v:+.3g}" if v else "0" for v in changes],
         row=row,
         col=col,
         secondary_y=True,
     )
     fig.update_xaxes(fixedrange=True, row=row, col=col)
+
+
+def _round_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values in ``[lo, hi]`` (steps of 1, 2 or 5 x 10^k), 0 included
+    when it lies inside, so the change axis reads 0 at the unablated value."""
+    span = max(hi - lo, 1e-12)
+    raw = span / n
+    base = 10 ** math.floor(math.log10(raw))
+    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    first = math.ceil(lo / step)
+    ticks = [round(i * step, 12) for i in range(first, math.floor(hi / step) + 1)]
+    return [0.0 if abs(t) < step * 1e-9 else t for t in ticks]
 
 
 def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
