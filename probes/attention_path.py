@@ -109,25 +109,11 @@ def workbench_attention(
         hook.prepare(call)
 
     if call.needs_kernel:
-        import kernels
-
         needs_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (call.query, call.key, call.value)
         )
         with torch.no_grad() if needs_grad else nullcontext():
-            call.result = kernels.attention(
-                call.query,
-                call.key,
-                call.value,
-                scale=call.scaling,
-                causal=call.causal,
-                mask=call.mask,
-                score_bias=call.score_bias,
-                head_scale=call.head_scale,
-                stats=call.stats_request(),
-                backend=call.backend,
-                **call.semantics.kernel_arguments(),
-            )
+            call.result = call.run_kernels(stats=call.stats_request())
         output = differentiable_output(call) if needs_grad else call.result.output
     else:
         output, _ = sdpa_attention_forward(

@@ -133,6 +133,30 @@ class AttentionCall:
             or self.semantics.window is not None
         )
 
+    def run_kernels(self, *, stats=None, extra_bias: Tensor | None = None) -> AttentionResult:
+        """:func:`kernels.attention` on this call as it stands (q, k, v, mask, scaling, score
+        bias, head scale, semantics, backend), asking for ``stats``; ``extra_bias``
+        (B or 1, H, Lk) is added to the score bias for this run only (e.g. -inf to take keys
+        out of the softmax)."""
+        import kernels
+
+        bias = self.score_bias
+        if extra_bias is not None:
+            bias = extra_bias if bias is None else bias + extra_bias
+        return kernels.attention(
+            self.query,
+            self.key,
+            self.value,
+            scale=self.scaling,
+            causal=self.causal,
+            mask=self.mask,
+            score_bias=bias,
+            head_scale=self.head_scale,
+            stats=stats,
+            backend=self.backend,
+            **self.semantics.kernel_arguments(),
+        )
+
     def stats_request(self):
         """The merged ``kernels.StatsRequest`` for this call, or None."""
         if not self.map_heads and not self.stats_fields:

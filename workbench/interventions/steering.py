@@ -154,38 +154,15 @@ class AttentionCalibration(Intervention):
                 hide[b, h, sink_idx] = -math.inf
         if not parts:
             return out
-        others = _attention_without(
-            call, hide
-        )  # (B, Lq, H, D): sum_{j not in S} p_ij v_j / (1 - P_iS)
+        # O_i = sum_{j not in S} p_ij v_j / (1 - P_iS), (B, Lq, H, D), from the kernels: no
+        # o - V_S subtraction, which loses all precision when the sinks hold nearly all the mass
+        others = call.run_kernels(extra_bias=hide).output
         for b, h, p_sink, v_sink in parts:
             scale = 1.0 if call.head_scale is None else float(call.head_scale[h])
             new = (1 - self.beta * p_sink) * others[b, :, h].float() + self.beta * scale * v_sink
             keep = p_sink >= 1 - 1e-6  # every visible key is a sink: nothing to give mass to
             out[b, :, h] = torch.where(keep, out[b, :, h].float(), new).to(out.dtype)
         return out
-
-
-def _attention_without(call, hide: Tensor) -> Tensor:
-    """The call's attention output (B, Lq, H, D) with the keys where ``hide`` (B, H, Lk) is
-    -inf taken out of each softmax: the other keys renormalised among themselves (and a learned
-    sink, which keeps its share). Computed by the kernels, so ACT's correction needs no
-    ``o - V_S`` subtraction, which loses all precision when the sinks hold nearly all the mass.
-    """
-    import kernels
-
-    bias = hide if call.score_bias is None else call.score_bias + hide
-    return kernels.attention(
-        call.query,
-        call.key,
-        call.value,
-        scale=call.scaling,
-        causal=call.causal,
-        mask=call.mask,
-        score_bias=bias,
-        head_scale=call.head_scale,
-        backend=call.backend,
-        **call.semantics.kernel_arguments(),
-    ).output
 
 
 def _visible(call, b: int, key_idx: Tensor) -> Tensor:
