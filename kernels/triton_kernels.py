@@ -43,6 +43,29 @@ def _band_start(first, offset, window, HAS_WINDOW: tl.constexpr, BLOCK_N: tl.con
     return lo
 
 
+@triton.jit
+def _query_block(
+    Q, first, H, G, Lq, D, offset, sqb, sqh, sqm, sqd,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The program's (batch, query head) from program axis 1, its KV head, its query rows
+    ``first .. first + BLOCK_M`` (offsets, in-range flags, absolute positions) and their
+    queries (BLOCK_M, BLOCK_D): the prologue both kernels share."""
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = first + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Lq
+    d_ok = offs_d < D
+    q = tl.load(
+        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    return b, h, h // G, offs_m, offs_d, row_ok, d_ok, offset + offs_m, q
+
+
 # fmt: off
 @triton.jit
 def _score_tile(
@@ -107,19 +130,8 @@ def attn_fwd_kernel(
     With HAS_SINKS the running max and sum start from the head's sink logit (``m = sink``,
     ``l = exp(sink - m) = 1``) and it adds nothing to the accumulator."""
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    kvh = h // G
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < Lq
-    d_ok = offs_d < D
-    pos = offset + offs_m
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
+    b, h, kvh, offs_m, offs_d, row_ok, d_ok, pos, q = _query_block(
+        Q, pid_m * BLOCK_M, H, G, Lq, D, offset, sqb, sqh, sqm, sqd, BLOCK_M, BLOCK_D
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -198,22 +210,11 @@ def attn_stats_kernel(
     ``-m log m`` (``m = exp(sink - lse)``) is added at the end.
     """
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    bh = b * H + h
-    kvh = h // G
     first = m_base + pid_m * BLOCK_M
-    offs_m = first + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < Lq
-    d_ok = offs_d < D
-    pos = offset + offs_m
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
+    b, h, kvh, offs_m, offs_d, row_ok, d_ok, pos, q = _query_block(
+        Q, first, H, G, Lq, D, offset, sqb, sqh, sqm, sqd, BLOCK_M, BLOCK_D
     )
+    bh = b * H + h
     lse = tl.load(Lse + bh * Lq + offs_m, mask=row_ok, other=float("-inf"))
     lse_safe = tl.where(lse == float("-inf"), 0.0, lse)
     ent = tl.zeros([BLOCK_M], tl.float32)
