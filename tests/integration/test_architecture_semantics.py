@@ -351,10 +351,13 @@ def test_sinks_analyzer_reports_the_learned_sink_mass_next_to_first_token_sinks(
         rest = 1.0 - maps[layer][0].double().sum(-1)  # (H, L): mass not on any real key
         got = df[df.layer == layer].sort_values("head").learned_sink_mass.to_numpy()
         assert max(abs(got - rest.mean(-1).numpy())) <= 1e-5, layer
+        logit = df[df.layer == layer].sort_values("head").learned_sink_logit.to_numpy()
+        assert (logit == ref.model.layers[layer].self_attn.sinks.detach().numpy()).all()
     _, plain = _text_models("llama")
     df = analyze("sinks", plain, [PROMPT], progress=False, causal=False)
     assert df.attrs["learned_sinks"] is False
     assert "learned_sink_mass" not in df.columns
+    assert "learned_sink_logit" not in df.columns
 
 
 def test_the_triton_path_passes_the_same_checks_under_the_interpreter():

@@ -24,6 +24,7 @@ from workbench.analyzers.causal import causal_evidence
 from workbench.analyzers.metrics import mean_next_token_loss
 from workbench.analyzers.prompts import as_items, bundled_text
 from workbench.lm import LoadedModel
+from workbench.model_parts import sink_logits
 
 FIRST_TOKEN_THRESHOLD = 0.3  # Gu et al.'s epsilon for the Sink metric
 HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold for non-initial sinks
@@ -53,7 +54,8 @@ class SinkAnalyzer(Analyzer):
     ``hidden_sink_max`` (largest non-initial sink score, averaged over prompts), and on models
     with a learned sink logit per head (gpt-oss: OpenAI 2025, "gpt-oss-120b & gpt-oss-20b Model
     Card") ``learned_sink_mass``: the probability the learned sink takes, averaged over queries
-    and prompts (0 for layers without one; ``attrs["learned_sinks"]`` says whether any exists).
+    and prompts (0 for layers without one; ``attrs["learned_sinks"]`` says whether any exists),
+    and ``learned_sink_logit``, the learned parameter itself.
     ``attrs["hidden_sink_tokens"]``: the tokens most often acting as hidden sinks (token, count
     of (prompt, head) pairs). Read through the kernels' statistics: no L x L maps.
     Causal check: mean next-token loss on the prompts with the top-k sink heads vs k random
@@ -170,6 +172,9 @@ class SinkAnalyzer(Analyzer):
         }
         if has_learned:
             evidence["learned_sink_mass"] = learned / n
+            logits = sink_logits(lm.model)  # the parameters behind that mass, from the table
+            if logits is not None:
+                evidence["learned_sink_logit"] = torch.stack([x.detach().float() for x in logits])
         df = head_frame(lm, score, evidence, attrs)
         if causal and not scan.interrupted:
             df.attrs["causal"] = causal_evidence(
