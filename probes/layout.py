@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from probes.checks import index_list
 from probes.errors import HeadOutOfRangeError, LayerOutOfRangeError
 
 
@@ -47,34 +48,21 @@ class ModelLayout:
         return head // self.group_size
 
     def check_layers(self, layers: Iterable[int] | int | None) -> tuple[int, ...]:
-        """Validate layer indices; ``None`` means every layer. Returns them sorted, unique."""
+        """Validate layer indices; ``None`` means every layer. Returns them sorted, unique.
+
+        Integers only (NumPy integers too): ``3.0``, ``"12"`` and ``True`` are refused.
+        """
         if layers is None:
             return tuple(range(self.n_layers))
-        if isinstance(layers, int):
-            layers = [layers]
-        out = sorted({int(x) for x in layers})
-        if not out:
-            raise LayerOutOfRangeError("no layers requested; give at least one layer index")
-        for layer in out:
-            if not 0 <= layer < self.n_layers:
-                raise LayerOutOfRangeError(
-                    f"layer {layer} is out of range: this model has layers 0..{self.n_layers - 1}"
-                )
-        return tuple(out)
+        return index_list(
+            "layers", layers, size=self.n_layers, what="layer", error=LayerOutOfRangeError
+        )
 
     def check_heads(self, heads: Iterable[int] | int | None) -> tuple[int, ...]:
-        """Validate query-head indices; ``None`` means every head. Returns them sorted, unique."""
+        """Validate query-head indices; ``None`` means every head. Returns them sorted, unique.
+
+        Integers only (NumPy integers too): ``2.7``, ``"5"`` and ``True`` are refused.
+        """
         if heads is None:
             return tuple(range(self.n_heads))
-        if isinstance(heads, int):
-            heads = [heads]
-        out = sorted({int(x) for x in heads})
-        if not out:
-            raise HeadOutOfRangeError("no heads requested; give at least one head index")
-        for head in out:
-            if not 0 <= head < self.n_heads:
-                raise HeadOutOfRangeError(
-                    f"head {head} is out of range: this model has query heads "
-                    f"0..{self.n_heads - 1} per layer"
-                )
-        return tuple(out)
+        return index_list("heads", heads, size=self.n_heads, what="head", error=HeadOutOfRangeError)

