@@ -6,13 +6,17 @@ from typing import Any
 
 from dash import dcc, html
 
+from workbench.print_layout import SVG_BUTTON
+
+#: Every graph's camera button downloads an SVG a printed double column wide (183 mm).
 GRAPH_CONFIG = {
     "displaylogo": False,
-    "toImageButtonOptions": {"format": "png", "scale": 2},
+    "toImageButtonOptions": dict(SVG_BUTTON),
     "modeBarButtonsToRemove": ["lasso2d", "select2d"],
 }
-#: Graphs whose mode bar only gets in the way (grids users click, small charts).
-QUIET_GRAPH_CONFIG = {**GRAPH_CONFIG, "displayModeBar": False}
+#: Graphs whose other mode-bar buttons only get in the way (grids users click, small charts):
+#: the download button alone.
+QUIET_GRAPH_CONFIG = {**GRAPH_CONFIG, "modeBarButtons": [["toImage"]]}
 
 
 def help_text(text: str, **kwargs: Any) -> html.P:

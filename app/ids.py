@@ -83,6 +83,7 @@ def iv_options(mode: str) -> str:
 
 # -- export -----------------------------------------------------------------------------------
 EX_FIG, EX_FIG_FORMAT, EX_FIG_BTN = "ex-fig", "ex-fig-format", "ex-fig-btn"
+EX_FIG_WIDTH = "ex-fig-width"
 EX_TABLE, EX_TABLE_FORMAT, EX_TABLE_BTN = "ex-table", "ex-table-format", "ex-table-btn"
 EX_ERROR = "ex-error"
 

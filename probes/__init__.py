@@ -21,6 +21,7 @@ from probes.errors import (
     LayerDidNotFireError,
     LayerOutOfRangeError,
     ProbeError,
+    RecordNotFoundError,
     WorkbenchError,
 )
 
@@ -87,6 +88,7 @@ __all__ = [
     "ModelLayout",
     "ProbeError",
     "ProbeRecords",
+    "RecordNotFoundError",
     "Statistics",
     "StatisticsSpec",
     "WorkbenchError",

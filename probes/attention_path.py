@@ -112,7 +112,7 @@ def workbench_attention(
         needs_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (call.query, call.key, call.value)
         )
-        with torch.no_grad() if needs_grad else nullcontext():
+        with torch.no_grad() if needs_grad else nullcontext(), _kernel_refusals(call):
             call.result = call.run_kernels(stats=call.stats_request())
         output = differentiable_output(call) if needs_grad else call.result.output
     else:
@@ -133,6 +133,21 @@ def workbench_attention(
         if replaced is not None:
             output = replaced
     return output, None
+
+
+@contextmanager
+def _kernel_refusals(call: AttentionCall) -> Iterator[None]:
+    """Turn a ``kernels.KernelInputError`` (a request the hooks built that the kernels refuse)
+    into a :class:`ProbeError` naming the layer: no lower-layer error type reaches users."""
+    from kernels.errors import KernelInputError
+
+    try:
+        yield
+    except KernelInputError as exc:
+        raise ProbeError(
+            f"layer {call.layer}: the attention kernels refused what the active probes and "
+            f"interventions asked for: {exc}"
+        ) from exc
 
 
 def differentiable_output(call: AttentionCall) -> Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from probes import checks
 from probes.attention_path import uses_workbench_attention
 from probes.errors import CaptureTooLargeError, ProbeError
 from probes.hooks import AttentionCall, HookSession
@@ -30,6 +31,11 @@ class CaptureSpec:
             model's device).
         max_bytes: memory budget for kept tensors; default half of the free memory of
             ``device`` when the probe is entered.
+
+    Every field is checked on construction (:mod:`probes.checks`): booleans are ``True`` or
+    ``False``, ``query_window`` is two integers ``0 <= start < end``, ``device`` exists here
+    (not ``"meta"``), ``max_bytes`` is an integer >= 1. Layers and heads are checked against
+    the model by :class:`Capture`.
     """
 
     layers: tuple[int, ...] | None = None
@@ -40,6 +46,14 @@ class CaptureSpec:
     z: bool = False
     device: str | torch.device | None = "cpu"
     max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("maps", "qkv", "z"):
+            checks.boolean(name, getattr(self, name))
+        window = checks.optional(checks.span, "query_window", self.query_window, error=ProbeError)
+        object.__setattr__(self, "query_window", window)
+        object.__setattr__(self, "device", checks.optional(checks.device, "device", self.device))
+        checks.optional(checks.integer, "max_bytes", self.max_bytes, minimum=1)
 
 
 def _window_length(window: tuple[int, int] | None, n_queries: int) -> int:
@@ -69,13 +83,6 @@ class Capture(HookSession):
         self.layout = layout
         self.layers = layout.check_layers(spec.layers)
         self.heads = layout.check_heads(spec.heads)
-        if spec.query_window is not None:
-            lo, hi = spec.query_window
-            if not 0 <= lo < hi:
-                raise ProbeError(
-                    f"query_window {spec.query_window} is empty or negative; "
-                    "give (start, end) with 0 <= start < end"
-                )
         if not (spec.maps or spec.qkv or spec.z):
             raise ProbeError("nothing to capture: set at least one of maps, qkv, z")
         self.spec = spec
@@ -118,6 +125,16 @@ class Capture(HookSession):
         if needed > budget:
             raise CaptureTooLargeError(self.too_large_message(needed, budget, n_tokens))
 
+    def check_prompt(self, n_tokens: int) -> None:
+        """Raise :class:`ProbeError` if the query window reaches past a prompt of ``n_tokens``
+        tokens (checked before the forward by ``run_capture``)."""
+        window = self.spec.query_window
+        if window is not None and window[1] > n_tokens:
+            raise ProbeError(
+                f"query_window {window} reaches past the prompt's {n_tokens} tokens; give "
+                f"(start, end) with 0 <= start < end <= {n_tokens}"
+            )
+
     def _device_for_budget(self) -> torch.device:
         if self.spec.device is not None:
             return torch.device(self.spec.device)
@@ -144,21 +161,36 @@ class Capture(HookSession):
 
     # -- hook ------------------------------------------------------------------------------
     def prepare(self, call: AttentionCall) -> None:
+        """Check the call before attention runs, then ask for maps.
+
+        The memory check projects this layer and every later captured layer of the same
+        forward: at the first captured layer a forward that would not fit is refused before
+        anything is kept (the ``with lm.capture():`` form refuses as early as
+        :meth:`check_fits`, not after holding the maps of the layers that did fit).
+        """
+        self._check_window(call)
         batch = call.query.shape[0]
         needed = self.bytes_per_call(call.n_queries, call.n_keys, batch)
-        if self._kept_bytes + needed > self._budget:
-            raise CaptureTooLargeError(
-                self.too_large_message(
-                    self._kept_bytes
-                    + needed
-                    + needed * (len(self.layers) - 1 - self.layers.index(call.layer)),
-                    self._budget,
-                    call.n_keys,
-                )
-            )
+        remaining = len(self.layers) - self.layers.index(call.layer)
+        projected = self._kept_bytes + needed * remaining
+        if projected > self._budget:
+            raise CaptureTooLargeError(self.too_large_message(projected, self._budget, call.n_keys))
         self._kept_bytes += needed
         if self.spec.maps:
             call.request_maps(self.heads, self.spec.query_window)
+
+    def _check_window(self, call: AttentionCall) -> None:
+        window = self.spec.query_window
+        if window is None:
+            return
+        prefill = call.query_offset == 0
+        if window[0] >= call.n_queries or (prefill and window[1] > call.n_queries):
+            what = "the prompt's" if prefill else "this decode step's"
+            raise ProbeError(
+                f"query_window {window} reaches past {what} {call.n_queries} query row(s) "
+                f"(layer {call.layer}); give 0 <= start < end <= {call.n_queries}"
+                + ("" if prefill else ", or query_window=None when generating")
+            )
 
     def finish(self, call: AttentionCall, output: Tensor) -> None:
         dev = self.spec.device

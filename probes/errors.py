@@ -33,3 +33,10 @@ class LayerDidNotFireError(ProbeError):
     This is the silent-hook failure of other tools (TransformerLens #1652) turned into an error:
     usually the model runs another attention implementation or the forward never reached it.
     """
+
+
+class RecordNotFoundError(ProbeError, KeyError):
+    """A probe's records hold no such layer, step, head or batch row (also a ``KeyError``, as
+    the records are looked up like a mapping)."""
+
+    __str__ = BaseException.__str__  # the message as written, not KeyError's quoted repr

@@ -113,7 +113,7 @@ class AttentionCall:
             elif name == "pooled_block":
                 old = self.stats_fields.get("pooled_block")
                 if old is not None and old != value:
-                    raise ValueError(
+                    raise ProbeError(
                         f"two probes ask for different pooled block sizes ({old} and {value})"
                     )
                 self.stats_fields[name] = value

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from probes.checks import integer
+from probes.errors import RecordNotFoundError
+
 
 @dataclass
 class LayerRecord:
@@ -39,15 +42,20 @@ class LayerRecord:
 
     def head_index(self, head: int) -> int:
         """Position of query head ``head`` in this record's tensors."""
+        head = integer("head", head, error=RecordNotFoundError)
         try:
             return self.heads.index(head)
         except ValueError:
-            raise KeyError(f"head {head} was not captured (captured heads: {self.heads})") from None
+            raise RecordNotFoundError(
+                f"head {head} was not captured (captured heads: {self.heads})"
+            ) from None
 
     def map(self, head: int, batch: int = 0) -> Tensor:
         """The (W, Lk) attention map of one head."""
         if self.maps is None:
-            raise KeyError("this probe did not capture maps (maps=False)")
+            raise RecordNotFoundError("this probe did not capture maps (maps=False)")
+        rows = self.maps.shape[0]
+        batch = integer("batch", batch, minimum=0, maximum=rows - 1, error=RecordNotFoundError)
         return self.maps[batch, self.head_index(head)]
 
 
@@ -71,12 +79,18 @@ class ProbeRecords:
 
     def __getitem__(self, key: int | tuple[int, int]) -> LayerRecord:
         """``records[layer]`` (first call) or ``records[layer, step]``."""
-        layer, step = key if isinstance(key, tuple) else (key, 0)
+        layer, step = key if isinstance(key, tuple) and len(key) == 2 else (key, 0)
+        layer = integer("layer", layer, error=RecordNotFoundError)
+        step = integer("step", step, error=RecordNotFoundError)
         recs = self.by_layer.get(layer)
         if not recs:
-            raise KeyError(f"no record for layer {layer}; layers recorded: {self.layers_fired}")
+            raise RecordNotFoundError(
+                f"no record for layer {layer}; layers recorded: {self.layers_fired}"
+            )
         if not -len(recs) <= step < len(recs):
-            raise KeyError(f"layer {layer} has {len(recs)} recorded steps, not step {step}")
+            raise RecordNotFoundError(
+                f"layer {layer} has {len(recs)} recorded steps, not step {step}"
+            )
         return recs[step]
 
     def map(self, layer: int, head: int, step: int = 0, batch: int = 0) -> Tensor:

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from probes import checks
 from probes.errors import ProbeError
-from probes.hooks import AttentionCall, HookSession
+from probes.hooks import AttentionCall, HookSession, hooks_of
 from probes.layout import ModelLayout
 from probes.records import LayerRecord, ProbeRecords
 
@@ -43,6 +44,10 @@ class StatisticsSpec:
         pooled_block: block size of the block-pooled map (None = no pooled map).
         lse: also keep the per-row log-sum-exp (B, H, Lq).
         device: where kept tensors go (``"cpu"``; None keeps them on the model's device).
+
+    Every field is checked on construction: flags are ``True``/``False``, each span is two
+    integers ``0 <= start < end``, ``pooled_block`` is an integer >= 1 (0 is refused, not read
+    as "no pooled map"), ``device`` exists here (not ``"meta"``).
     """
 
     layers: tuple[int, ...] | None = None
@@ -54,6 +59,19 @@ class StatisticsSpec:
     pooled_block: int | None = None
     lse: bool = False
     device: str | torch.device | None = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("received", "entropy", "argmax", "distance", "lse"):
+            checks.boolean(name, getattr(self, name))
+        spans = self.spans
+        if isinstance(spans, (str, bytes)) or not hasattr(spans, "__iter__"):
+            raise ProbeError(
+                f"spans must be a list of (start, end) pairs, got {checks.describe(spans)}"
+            )
+        spans = tuple(checks.span(f"spans[{i}]", s, error=ProbeError) for i, s in enumerate(spans))
+        object.__setattr__(self, "spans", spans)
+        checks.optional(checks.integer, "pooled_block", self.pooled_block, minimum=1)
+        object.__setattr__(self, "device", checks.optional(checks.device, "device", self.device))
 
     def request_fields(self) -> dict[str, object]:
         fields = asdict(self)
@@ -93,7 +111,29 @@ class Statistics(HookSession):
     def layers_fired(self) -> list[int]:
         return self.records.layers_fired
 
+    def check_prompt(self, n_tokens: int) -> None:
+        """Raise :class:`ProbeError` if a span reaches past a prompt of ``n_tokens`` tokens
+        (checked before the forward by ``run_statistics``)."""
+        for i, (start, end) in enumerate(self.spec.spans):
+            if end > n_tokens:
+                raise ProbeError(
+                    f"spans[{i}] = ({start}, {end}) reaches past the prompt's {n_tokens} "
+                    f"tokens; give 0 <= start < end <= {n_tokens}"
+                )
+
     def reset(self) -> None:
+        """Forget the last run; refuse to run next to another statistics probe on the same
+        layers with another ``pooled_block`` (the kernels compute one pooled map per call)."""
+        block = self.spec.pooled_block
+        for layer in self.layers:
+            for hook in hooks_of(self.layout.attention_modules[layer]):
+                other = getattr(getattr(hook, "spec", None), "pooled_block", None)
+                if isinstance(hook, Statistics) and None not in (block, other) and other != block:
+                    raise ProbeError(
+                        f"pooled_block={block} differs from the pooled_block={other} of another "
+                        f"statistics probe active on layer {layer}; one forward computes one "
+                        "pooled map per layer: use the same block size"
+                    )
         self.records = ProbeRecords()
 
     def not_fired_message(self, missing: list[int]) -> str:
@@ -103,6 +143,12 @@ class Statistics(HookSession):
         )
 
     def prepare(self, call: AttentionCall) -> None:
+        for i, (start, end) in enumerate(self.spec.spans):
+            if end > call.n_keys:
+                raise ProbeError(
+                    f"spans[{i}] = ({start}, {end}) reaches past the {call.n_keys} keys of "
+                    f"layer {call.layer}'s call; give 0 <= start < end <= {call.n_keys}"
+                )
         call.request_stats(**self.fields)
 
     def finish(self, call: AttentionCall, output: Tensor) -> None:

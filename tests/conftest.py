@@ -42,3 +42,31 @@ def eager_maps(lm):
     with attn_implementation(lm.model, "eager"), torch.no_grad():
         out = lm.model(input_ids=enc.input_ids, output_attentions=True, use_cache=False)
     return enc, out.attentions, out.logits
+
+
+def no_hooks_left(lm) -> bool:
+    """True when no workbench hook is attached to any attention module of ``lm``."""
+    from probes.hooks import HOOKS_ATTR
+
+    return not any(hasattr(m, HOOKS_ATTR) for m in lm.layout.attention_modules)
+
+
+class ForwardSpent(AssertionError):
+    """A forward ran before a refusal (raised at once, so a broken check costs no scan)."""
+
+
+@pytest.fixture
+def forwards(lm):
+    """Records, and stops with :class:`ForwardSpent`, any forward (embedding or attention
+    module call) while the test runs: a refusal must come before any work."""
+    calls: list[str] = []
+
+    def spent(module, args):
+        calls.append(type(module).__name__)
+        raise ForwardSpent(f"a forward ran ({type(module).__name__}) before the refusal")
+
+    modules = [lm.model.get_input_embeddings(), *lm.layout.attention_modules]
+    handles = [m.register_forward_pre_hook(spent) for m in modules]
+    yield calls
+    for handle in handles:
+        handle.remove()

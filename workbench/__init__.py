@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import (
     CaptureTooLargeError,
+    CorruptWeightsError,
     EmptyPromptError,
     HeadOutOfRangeError,
     LayerDidNotFireError,
     LayerOutOfRangeError,
+    ModelFilesError,
     ModelNotFoundError,
     PromptTooLongError,
+    RecordNotFoundError,
     UnsupportedArchitectureError,
     WorkbenchError,
 )
@@ -53,6 +56,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CaptureTooLargeError",
+    "CorruptWeightsError",
     "EmptyPromptError",
     "Encoded",
     "Head",
@@ -60,9 +64,11 @@ __all__ = [
     "LayerDidNotFireError",
     "LayerOutOfRangeError",
     "LoadedModel",
+    "ModelFilesError",
     "ModelInfo",
     "ModelNotFoundError",
     "PromptTooLongError",
+    "RecordNotFoundError",
     "UnsupportedArchitectureError",
     "WorkbenchError",
     "head_id",

@@ -83,6 +83,8 @@ class ArchitectureSpec:
             unembedding (Cohere 2); None = no factor.
         head_dim_key: config key of the head dimension; None or a None value =
             ``hidden_size // n_heads``.
+        hidden_size_key: config key of the residual width (GPT-2 ``n_embd``); the stored
+            ``config.json`` uses this name, which :func:`head_counts` reads without transformers.
         sliding_window: which layers use ``config.sliding_window``: ``"none"``, ``"all_layers"``
             (Mistral, Mixtral, Phi-3, Starcoder2, Qwen3-MoE: every layer when the config sets
             one) or ``"per_layer"`` (the layers ``config.layer_types`` marks
@@ -112,6 +114,7 @@ class ArchitectureSpec:
     final_logit_softcap_key: str | None = None
     logit_scale_key: str | None = None
     head_dim_key: str | None = "head_dim"
+    hidden_size_key: str = "hidden_size"
     sliding_window: str = "none"
     sink_logits: str | None = None
 
@@ -216,6 +219,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             embedding="transformer.wte",
             norm=NormSpec("layer", "layer_norm_epsilon"),
             head_dim_key=None,
+            hidden_size_key="n_embd",
         ),
     )
 }
@@ -263,7 +267,8 @@ def head_counts(config) -> tuple[int, int, int, int]:
     n_layers = int(getattr(text, spec.n_layers_key))
     n_heads = int(getattr(text, spec.n_heads_key))
     n_kv = int(getattr(text, spec.n_kv_heads_key) or n_heads) if spec.n_kv_heads_key else n_heads
-    head_dim = config_value(config, spec.head_dim_key) or text.hidden_size // n_heads
+    hidden = int(getattr(text, spec.hidden_size_key))
+    head_dim = config_value(config, spec.head_dim_key) or hidden // n_heads
     return n_layers, n_heads, n_kv, int(head_dim)
 
 

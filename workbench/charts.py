@@ -72,6 +72,7 @@ def add_causal_panel(
         go.Bar(
             x=names,
             y=deltas,
+            error_y=_top_interval(causal, deltas[0]),
             base=[ref, ref],
             customdata=[v if v is not None else float("nan") for v in values],
             marker_color=[TOP_COLOR, RANDOM_COLOR],
@@ -130,6 +131,40 @@ def add_causal_panel(
     fig.update_xaxes(fixedrange=True, row=row, col=col)
 
 
+def _top_interval(causal: Mapping[str, Any], delta: float | None) -> dict[str, Any]:
+    """Error bar of the top-k bar: the bootstrap interval over items of the top-k effect
+    (``effect_top_lo/hi``, see :func:`workbench.analyzers.uncertainty.causal_significance`),
+    drawn on the bar's change axis; nothing when the check has no item-level values."""
+    lo, hi = _number(causal.get("effect_top_lo")), _number(causal.get("effect_top_hi"))
+    if lo is None or hi is None or delta is None:
+        return {"visible": False}
+    sign = 1.0 if causal.get("higher_is_better", True) else -1.0
+    # effect = sign * (base - top), so top - base = -sign * effect
+    ends = sorted((-sign * lo, -sign * hi))
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [max(ends[1] - delta, 0.0), 0.0],
+        "arrayminus": [max(delta - ends[0], 0.0), 0.0],
+        "color": "#212121",
+        "thickness": 1.5,
+        "width": 8,
+    }
+
+
+def verdict_line(causal: Mapping[str, Any]) -> str:
+    """The check's one-line verdict with its interval, for titles and tables; "" when the
+    check predates significance testing."""
+    verdict = causal.get("verdict")
+    if not verdict:
+        return ""
+    lo, hi = _number(causal.get("effect_top_lo")), _number(causal.get("effect_top_hi"))
+    level = _number(causal.get("level")) or 0.95
+    if lo is None or hi is None:
+        return str(verdict)
+    return f"{verdict}; top-k effect {level:.0%} CI [{lo:.3g}, {hi:.3g}]"
+
+
 def _round_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About ``n`` round tick values in ``[lo, hi]`` (steps of 1, 2 or 5 x 10^k), 0 included
     when it lies inside, so the change axis reads 0 at the unablated value."""
@@ -150,6 +185,7 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
     base = _number(causal.get("base"))
     base_text = f"{base:.4g}" if base is not None else "?"
     metric = causal.get("metric", "metric")
+    verdict = verdict_line(causal)
     fig.update_yaxes(title_text=str(metric), zeroline=False, secondary_y=False)
     fig.update_yaxes(title_text="change", secondary_y=True)
     fig.update_layout(
@@ -161,7 +197,7 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
             "text": (
                 f"Causal check: {metric}<br><sup>"
                 f"{causal.get('mode', '')} ablation · unablated {base_text} (dashed) · "
-                f"{better}</sup>"
+                f"{better}</sup>" + (f"<br><sup>{verdict}</sup>" if verdict else "")
             ),
             "font": {"size": 14},
             "x": 0.01,
@@ -170,16 +206,26 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
         },
         showlegend=bool(_draws(causal.get("random_k"))),
         legend={"orientation": "h", "y": -0.15},
-        margin={"l": 70, "r": 60, "t": 75, "b": 50},
+        margin={"l": 70, "r": 60, "t": 95 if verdict else 75, "b": 50},
     )
     return fig
 
 
-def causal_grid_figure(table: pd.DataFrame) -> go.Figure | None:
+def causal_grid_figure(
+    table: pd.DataFrame,
+    per_row: int = CAUSAL_PANELS_PER_ROW,
+    vertical_spacing: float | None = None,
+) -> go.Figure | None:
     """Several causal checks side by side (the report): one panel per row of ``table``
     (:func:`workbench.report.assemble.causal_table`: ``model``, ``analyzer``, ``metric``,
-    ``k``, ``base``, ``top_k``, ``random_k_mean``, ``random_k``), four panels to a row.
-    None when ``table`` is empty."""
+    ``k``, ``base``, ``top_k``, ``random_k_mean``, ``random_k``), ``per_row`` panels to a row
+    (four on screen; two fit a printed double column, see :mod:`workbench.figure_export`),
+    rows ``vertical_spacing`` (a fraction of the plot height) apart. None when ``table`` is
+    empty."""
+    from probes.checks import integer, number, optional
+
+    per_row = integer("per_row", per_row, minimum=1)
+    vertical_spacing = optional(number, "vertical_spacing", vertical_spacing, minimum=0, below=1)
     if table.empty:
         return None
     rows = table.to_dict("records")
@@ -187,18 +233,20 @@ def causal_grid_figure(table: pd.DataFrame) -> go.Figure | None:
     titles = [
         f"{r['analyzer']}<br><sup>{r.get('metric')}"
         + (f" · {r['model']}" if several_models else "")
+        + (f"<br>{r['verdict']}" if isinstance(r.get("verdict"), str) and r["verdict"] else "")
         + "</sup>"
         for r in rows
     ]
-    ncols = min(CAUSAL_PANELS_PER_ROW, len(rows))
+    ncols = min(per_row, len(rows))
     nrows = math.ceil(len(rows) / ncols)
+    spacing = vertical_spacing if vertical_spacing is not None else 0.5 / (nrows * 2)
     fig = make_subplots(
         rows=nrows,
         cols=ncols,
         subplot_titles=titles,
         specs=[[{"secondary_y": True}] * ncols for _ in range(nrows)],
         horizontal_spacing=0.12,
-        vertical_spacing=0.5 / (nrows * 2) if nrows > 1 else 0.0,
+        vertical_spacing=min(spacing, 1 / (nrows - 1)) if nrows > 1 else 0.0,
     )
     for i, row in enumerate(rows):
         r, c = divmod(i, ncols)

@@ -13,18 +13,22 @@ from probes.errors import (
     LayerDidNotFireError,
     LayerOutOfRangeError,
     ProbeError,
+    RecordNotFoundError,
     WorkbenchError,
 )
 
 __all__ = [
     "CaptureTooLargeError",
+    "CorruptWeightsError",
     "EmptyPromptError",
     "HeadOutOfRangeError",
     "LayerDidNotFireError",
     "LayerOutOfRangeError",
+    "ModelFilesError",
     "ModelNotFoundError",
     "ProbeError",
     "PromptTooLongError",
+    "RecordNotFoundError",
     "UnsupportedArchitectureError",
     "WorkbenchError",
 ]
@@ -44,3 +48,12 @@ class EmptyPromptError(WorkbenchError):
 
 class PromptTooLongError(WorkbenchError):
     """A prompt has more tokens than the model's context window."""
+
+
+class ModelFilesError(WorkbenchError):
+    """A model folder was found but its files are missing or unreadable (no tokenizer files,
+    a config.json that is not JSON, a truncated or corrupt ``model.safetensors``)."""
+
+
+class CorruptWeightsError(ModelFilesError):
+    """A model loaded but its weights are unusable: logits are not finite on a probe prompt."""

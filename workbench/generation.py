@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from workbench.errors import WorkbenchError
+from probes.checks import boolean, integer, optional, text
+from workbench.errors import PromptTooLongError, WorkbenchError
 
 if TYPE_CHECKING:
     from workbench.lm import Encoded, LoadedModel
@@ -73,7 +74,8 @@ def greedy_generate(
     encodings = list(encodings)
     if not encodings:
         raise WorkbenchError("greedy_generate needs at least one encoded prompt")
-    max_new_tokens = _positive("max_new_tokens", max_new_tokens)
+    max_new_tokens = integer("max_new_tokens", max_new_tokens, minimum=1)
+    check_generation_length(lm, max(e.n_tokens for e in encodings), max_new_tokens)
     pad = pad_id(lm.tokenizer)
     ids, mask = left_padded(encodings, pad)
     out = lm.model.generate(
@@ -87,10 +89,30 @@ def greedy_generate(
     return list(out[:, ids.shape[1] :].cpu())
 
 
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise WorkbenchError(f"{name} must be >= 1, got {value}")
-    return int(value)
+def check_generation_length(lm: LoadedModel, n_prompt: int, max_new_tokens: int) -> None:
+    """Refuse a generation whose prompt plus new tokens would run past the model's context
+    (:class:`PromptTooLongError` naming both numbers), before anything runs."""
+    context = lm.info.max_context
+    if n_prompt + max_new_tokens > context:
+        room = context - n_prompt
+        raise PromptTooLongError(
+            f"max_new_tokens={max_new_tokens} plus the prompt's {n_prompt} tokens is "
+            f"{n_prompt + max_new_tokens} tokens, more than {lm.info.name}'s context of "
+            f"{context} tokens; ask for at most {room} new tokens"
+            + ("" if room >= 1 else " (the prompt alone fills the context: shorten it)")
+        )
+
+
+def _prompt_list(prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as a non-empty list (one string is refused: it is not a list of prompts)."""
+    if isinstance(prompts, (str, bytes)) or prompts is None or not hasattr(prompts, "__iter__"):
+        raise WorkbenchError(
+            f"prompts must be a non-empty list of strings, got {type(prompts).__name__}"
+        )
+    prompts = list(prompts)
+    if not prompts:
+        raise WorkbenchError("prompts is an empty list; give at least one prompt")
+    return prompts
 
 
 def encode_batch(
@@ -98,8 +120,7 @@ def encode_batch(
 ) -> tuple[Tensor, Tensor]:
     """Encode ``prompts`` (chat template by default) into left-padded ``(ids, mask)`` (N, L),
     so the last position of every row is its prompt's last token."""
-    if isinstance(prompts, str) or not list(prompts):
-        raise WorkbenchError("encode_batch needs a non-empty list of prompts")
+    prompts = _prompt_list(prompts)
     encodings = [lm.encode(p, chat=chat, system=system) for p in prompts]
     return left_padded(encodings, pad_id(lm.tokenizer))
 
@@ -116,8 +137,11 @@ def generate_batch(
     """Greedy continuations of ``prompts`` (chat template by default), ``batch_size`` at a time
     (left-padded, KV cache), decoded without special tokens; no prompts, no texts.
     Interventions active around the call act on every step."""
-    batch_size = _positive("batch_size", batch_size)
-    prompts = list(prompts)
+    batch_size = integer("batch_size", batch_size, minimum=1)
+    max_new_tokens = integer("max_new_tokens", max_new_tokens, minimum=1)
+    chat = boolean("chat", chat)
+    system = optional(text, "system", system, allow_empty=True)
+    prompts = _prompt_list(prompts)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [

@@ -1,37 +1,65 @@
-"""Head ids: ``L{layer}H{head}``, 0-based query heads, everywhere (tables, app, reports, CLI)."""
+"""Head ids: ``L{layer}H{head}``, 0-based query heads, everywhere (tables, app, reports, CLI).
+
+Layer and head numbers are integers (Python or NumPy), never coerced: ``head_id(3.5, 2)`` and
+``Head(True, 3)`` are refused instead of giving ``"L3.5H2"`` or ablating ``L1H3``. Ranges
+against a model are checked by :meth:`workbench.LoadedModel.head_id` and the layout.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from workbench.errors import WorkbenchError
+from probes.checks import ArgumentError, describe, integer, optional
+from workbench.errors import HeadOutOfRangeError, LayerOutOfRangeError, WorkbenchError
 
 _HEAD_RE = re.compile(r"^\s*L(\d+)H(\d+)\s*$", re.IGNORECASE)
 _LAYER_ALL_RE = re.compile(r"^\s*L(\d+)H\*\s*$", re.IGNORECASE)
 
 
-class Head(NamedTuple):
-    """One query head of one layer."""
+def _layer(value: Any) -> int:
+    return integer("layer", value, minimum=0, error=LayerOutOfRangeError)
 
+
+def _head(value: Any) -> int:
+    return integer("head", value, minimum=0, error=HeadOutOfRangeError)
+
+
+class _HeadFields(NamedTuple):
     layer: int
     head: int
 
+
+class Head(_HeadFields):
+    """One query head of one layer: two non-negative integers (NumPy integers become ``int``;
+    floats, strings and booleans raise :class:`LayerOutOfRangeError` /
+    :class:`HeadOutOfRangeError`)."""
+
+    __slots__ = ()
+
+    def __new__(cls, layer: int, head: int) -> Head:
+        return super().__new__(cls, _layer(layer), _head(head))
+
     @property
     def id(self) -> str:
-        return head_id(self.layer, self.head)
+        return f"L{self.layer}H{self.head}"
 
 
 def head_id(layer: int, head: int) -> str:
-    """``head_id(5, 3) == "L5H3"``."""
-    return f"L{layer}H{head}"
+    """``head_id(5, 3) == "L5H3"``; both must be non-negative integers."""
+    return Head(layer, head).id
 
 
 def parse_head(text: str) -> Head:
     """``"L5H3"`` -> ``Head(5, 3)``; a clear error for anything else."""
+    if not isinstance(text, str):
+        raise ArgumentError(f"a head id must be a string such as 'L5H3', got {describe(text)}")
     m = _HEAD_RE.match(text)
     if not m:
-        raise WorkbenchError(f"bad head id {text!r}: write heads as L<layer>H<head>, e.g. L5H3")
+        hint = " (L<layer>H* needs the model's head count)" if _LAYER_ALL_RE.match(text) else ""
+        raise WorkbenchError(
+            f"bad head id {text!r}{hint}: write heads as L<layer>H<head>, e.g. L5H3"
+        )
     return Head(int(m.group(1)), int(m.group(2)))
 
 
@@ -39,6 +67,9 @@ def parse_heads(text: str, n_heads: int | None = None) -> list[Head]:
     """``"L5H3,L7H1"`` -> ``[Head(5, 3), Head(7, 1)]`` (commas, semicolons or spaces separate
     ids; repeats are dropped, order kept). With ``n_heads``, ``L5H*`` means every head of
     layer 5."""
+    n_heads = optional(integer, "n_heads", n_heads, minimum=1)
+    if text is not None and not isinstance(text, str):
+        raise ArgumentError(f"heads must be a string such as 'L5H3,L7H1', got {describe(text)}")
     parts = [p for p in re.split(r"[,;\s]+", text or "") if p]
     if not parts:
         raise WorkbenchError("no heads given: write e.g. L5H3,L7H1")

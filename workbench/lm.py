@@ -7,35 +7,60 @@ probe records.
 
 from __future__ import annotations
 
+import inspect
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import probes
+from kernels.errors import KernelInputError
 from probes import Capture, CaptureSpec, ModelLayout, Statistics, StatisticsSpec
+from probes.checks import (
+    ArgumentError,
+    boolean,
+    describe,
+    integer,
+    optional,
+    text,
+    unknown_keywords,
+)
 from workbench.architectures import layout_of
-from workbench.errors import EmptyPromptError, PromptTooLongError
+from workbench.errors import (
+    EmptyPromptError,
+    HeadOutOfRangeError,
+    LayerOutOfRangeError,
+    ProbeError,
+    PromptTooLongError,
+    WorkbenchError,
+)
 from workbench.generation import greedy_generate
 from workbench.heads import head_id
 from workbench.model_parts import input_device
 from workbench.models import (
     DeviceMap,
     ModelInfo,
-    check_placement,
-    describe,
+    check_finite_logits,
+    check_load_arguments,
     load_hf,
-    parse_dtype,
     resolve_source,
 )
+from workbench.models import describe as describe_model
 
 
-def _as_tuple(items: Iterable[int] | int | None) -> tuple[int, ...] | None:
-    if items is None:
-        return None
-    return (items,) if isinstance(items, int) else tuple(items)
+@contextmanager
+def kernel_errors_translated(what: str) -> Iterator[None]:
+    """Turn a :class:`kernels.KernelInputError` escaping a forward into a :class:`ProbeError`
+    (the boundary translation of issue 13: no lower-layer error reaches the user)."""
+    try:
+        yield
+    except KernelInputError as exc:
+        raise ProbeError(f"{what}: the attention kernels refused the request: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -90,9 +115,19 @@ class LoadedModel:
         return input_device(self.model)
 
     def head_id(self, layer: int, head: int) -> str:
-        """``L{layer}H{head}`` after checking both are in range."""
-        self.layout.check_layers([layer])
-        self.layout.check_heads([head])
+        """``L{layer}H{head}`` after checking both are integers (no coercion) in range."""
+        n_layers, n_heads = self.layout.n_layers, self.layout.n_heads
+        layer = integer("layer", layer, error=LayerOutOfRangeError)
+        head = integer("head", head, error=HeadOutOfRangeError)
+        if not 0 <= layer < n_layers:
+            raise LayerOutOfRangeError(
+                f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}"
+            )
+        if not 0 <= head < n_heads:
+            raise HeadOutOfRangeError(
+                f"head {head} is out of range: this model has query heads 0..{n_heads - 1} "
+                "per layer"
+            )
         return head_id(layer, head)
 
     # -- prompts ---------------------------------------------------------------------------
@@ -101,44 +136,61 @@ class LoadedModel:
     ) -> Encoded:
         """Tokenize ``prompt`` with the tokenizer's defaults (chat template only if ``chat``).
 
-        Raises :class:`EmptyPromptError` for an empty prompt and :class:`PromptTooLongError`
-        when it has more tokens than the model's context.
+        Raises :class:`~probes.checks.ArgumentError` for a prompt that is not a string (None,
+        bytes, a number), :class:`EmptyPromptError` for an empty or blank one and
+        :class:`PromptTooLongError` when it has more tokens than the model's context.
         """
+        chat = boolean("chat", chat)
         if isinstance(prompt, Encoded):
+            self._check_length(prompt.n_tokens)
             return prompt
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise ArgumentError(f"prompt must be a string, got {describe(prompt)}")
+        if not prompt.strip():
             raise EmptyPromptError("the prompt is empty; give some text to run the model on")
-        text = prompt
-        if chat:
-            messages = [{"role": "user", "content": prompt}]
-            if system is not None:
-                messages.insert(0, {"role": "system", "content": system})
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
+        system = optional(text, "system", system, allow_empty=True)
+        text_ = self._chat_text(prompt, system) if chat else prompt
+        enc = self.tokenizer(text_, return_tensors="pt", add_special_tokens=not chat)
         ids = enc["input_ids"]
         n = int(ids.shape[1])
         if n == 0:
             raise EmptyPromptError("the prompt tokenized to zero tokens")
-        if n > self.info.max_context:
+        self._check_length(n)
+        tokens = [self.tokenizer.decode([int(t)]) for t in ids[0]]
+        return Encoded(ids, enc["attention_mask"], tokens, text_, chat)
+
+    def _chat_text(self, prompt: str, system: str | None) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise WorkbenchError(
+                f"chat=True needs the tokenizer's chat template, and {self.info.name}'s "
+                f"could not format this prompt ({exc}); pass chat=False"
+            ) from exc
+
+    def _check_length(self, n_tokens: int) -> None:
+        if n_tokens > self.info.max_context:
             raise PromptTooLongError(
-                f"the prompt has {n} tokens, more than {self.info.name}'s context of "
+                f"the prompt has {n_tokens} tokens, more than {self.info.name}'s context of "
                 f"{self.info.max_context} tokens; shorten it"
             )
-        tokens = [self.tokenizer.decode([int(t)]) for t in ids[0]]
-        return Encoded(ids, enc["attention_mask"], tokens, text, chat)
 
     # -- forward ---------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, prompt: str | Encoded, *, chat: bool = False) -> Tensor:
         """Logits (1, L, V) of one forward pass through the workbench attention path."""
         enc = self.encode(prompt, chat=chat)
-        out = self.model(
-            input_ids=enc.input_ids.to(self.device),
-            attention_mask=enc.attention_mask.to(self.device),
-            use_cache=False,
-        )
+        with kernel_errors_translated("forward"):
+            out = self.model(
+                input_ids=enc.input_ids.to(self.device),
+                attention_mask=enc.attention_mask.to(self.device),
+                use_cache=False,
+            )
         return out.logits
 
     def generate(
@@ -148,9 +200,13 @@ class LoadedModel:
         (:func:`workbench.generation.greedy_generate`).
 
         Probes and interventions active around the call act on every decode step.
+        ``max_new_tokens`` is an integer >= 1 and the prompt plus the new tokens must fit in
+        the model's context (:class:`PromptTooLongError` otherwise, before anything runs).
         """
+        max_new_tokens = integer("max_new_tokens", max_new_tokens, minimum=1)
         enc = self.encode(prompt, chat=chat)
-        (new,) = greedy_generate(self, [enc], max_new_tokens=max_new_tokens)
+        with kernel_errors_translated("generate"):
+            (new,) = greedy_generate(self, [enc], max_new_tokens=max_new_tokens)
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
     # -- probes ----------------------------------------------------------------------------
@@ -166,11 +222,16 @@ class LoadedModel:
         device: str | torch.device | None = "cpu",
         max_bytes: int | None = None,
     ) -> Capture:
-        """A :class:`probes.Capture` context manager on this model; see :class:`CaptureSpec`."""
+        """A :class:`probes.Capture` context manager on this model; see :class:`CaptureSpec`.
+
+        Every argument is checked here (integers in range, a ``(start, end)`` query window,
+        booleans, an available device); entering it checks the memory the kept tensors need
+        at the first attention call, before anything is kept.
+        """
         probes.require_workbench_attention(self.model)
         spec = CaptureSpec(
-            layers=_as_tuple(layers),
-            heads=_as_tuple(heads),
+            layers=None if layers is None else self.layout.check_layers(layers),
+            heads=None if heads is None else self.layout.check_heads(heads),
             maps=maps,
             query_window=query_window,
             qkv=qkv,
@@ -194,14 +255,16 @@ class LoadedModel:
         device: str | torch.device | None = "cpu",
     ) -> Statistics:
         """A :class:`probes.Statistics` context manager: head statistics of every head of
-        ``layers`` from the kernels (no L x L maps); see :class:`probes.StatisticsSpec`."""
+        ``layers`` from the kernels (no L x L maps); see :class:`probes.StatisticsSpec`.
+
+        Spans are ``(start, end)`` integer pairs, ``pooled_block`` an integer >= 1 or None."""
         probes.require_workbench_attention(self.model)
         spec = StatisticsSpec(
-            layers=_as_tuple(layers),
+            layers=None if layers is None else self.layout.check_layers(layers),
             received=received,
             entropy=entropy,
             argmax=argmax,
-            spans=tuple((int(a), int(b)) for a, b in spans),
+            spans=spans,
             distance=distance,
             pooled_block=pooled_block,
             lse=lse,
@@ -212,36 +275,62 @@ class LoadedModel:
     def run_statistics(
         self, prompt: str | Encoded, *, chat: bool = False, **statistics_kwargs
     ) -> tuple[Encoded, probes.ProbeRecords]:
-        """Encode, run one forward with a :meth:`statistics` probe, return the records."""
+        """Encode, run one forward with a :meth:`statistics` probe, return the records.
+
+        Everything is checked before the forward: the arguments, and spans against the
+        prompt's length."""
+        _known_keywords("run_statistics", statistics_kwargs, self.statistics)
+        stats = self.statistics(**statistics_kwargs)
         enc = self.encode(prompt, chat=chat)
-        with self.statistics(**statistics_kwargs) as stats:
+        stats.check_prompt(enc.n_tokens)
+        with stats:
             self.forward(enc)
         return enc, stats.records
 
     def run_capture(
         self, prompt: str | Encoded, *, chat: bool = False, **capture_kwargs
     ) -> tuple[Encoded, probes.ProbeRecords]:
-        """Encode, check the capture fits in memory, run one forward, return the records."""
-        enc = self.encode(prompt, chat=chat)
+        """Encode, check the capture (its query window against the prompt, its memory), run
+        one forward, return the records."""
+        _known_keywords("run_capture", capture_kwargs, self.capture)
         cap = self.capture(**capture_kwargs)
+        enc = self.encode(prompt, chat=chat)
+        cap.check_prompt(enc.n_tokens)
         cap.check_fits(enc.n_tokens)
         with cap:
             self.forward(enc)
         return enc, cap.records
 
 
+def _known_keywords(where: str, given: dict[str, Any], method: Any) -> None:
+    """Refuse keywords ``method`` does not take (instead of Python's ``TypeError``)."""
+    unknown_keywords(where, given, inspect.signature(method).parameters)
+
+
 def wrap_model(model: nn.Module, tokenizer, name: str | None = None) -> LoadedModel:
-    """Drive an already-loaded Hugging Face causal LM through the workbench attention path."""
+    """Drive an already-loaded Hugging Face causal LM through the workbench attention path.
+
+    Refuses a model whose logits are not finite on a short probe prompt
+    (:class:`~workbench.errors.CorruptWeightsError`)."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ArgumentError(
+            f"model must be a Hugging Face causal LM (an nn.Module with a config), "
+            f"got {describe(model)}"
+        )
+    name = optional(text, "name", name)
     start = time.perf_counter()
     model.set_attn_implementation(probes.register())
     model.eval()
     name = name or getattr(model.config, "name_or_path", None) or model.config.model_type
-    info = describe(model, str(name), str(getattr(model.config, "name_or_path", "")))
-    return LoadedModel(model, tokenizer, info, time.perf_counter() - start)
+    info = describe_model(model, str(name), str(getattr(model.config, "name_or_path", "")))
+    lm = LoadedModel(model, tokenizer, info)
+    check_finite_logits(model, info.name)
+    lm.load_seconds = time.perf_counter() - start
+    return lm
 
 
 def load_model(
-    name: str | None = None,
+    name: str | os.PathLike | None = None,
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
@@ -251,7 +340,8 @@ def load_model(
 
     Args:
         name: None (or ``"smollm2"``) for the embedded SmolLM2-135M-Instruct; otherwise a local
-            folder or a Hugging Face id already in the local cache (never downloaded).
+            folder (``str`` or ``pathlib.Path``) or a Hugging Face id already in the local cache
+            (never downloaded).
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
         device: e.g. ``"cuda"``; None = ``"cpu"`` unless ``device_map`` places the model.
         device_map: for models that do not fit one device: ``"auto"`` or a dict from module
@@ -261,12 +351,20 @@ def load_model(
 
     Raises:
         ModelNotFoundError: the model is not available locally (the message says how to get it).
-        UnsupportedArchitectureError: its ``model_type`` is not in the architecture table.
-        WorkbenchError: ``device`` and ``device_map`` disagree.
+        ModelFilesError: its folder lacks tokenizer files or holds an unreadable config or
+            weights file; CorruptWeightsError: it loads but its logits are not finite on a
+            short probe prompt.
+        UnsupportedArchitectureError: its ``model_type`` is not in the architecture table
+            (checked from config.json before any weight is read).
+        WorkbenchError: a bad ``name``/``dtype``/``device`` (``"meta"``, ``"cuda"`` without
+            CUDA), or ``device`` and ``device_map`` disagree.
     """
-    check_placement(device, device_map)
+    name, dtype_, device = check_load_arguments(name, dtype, device, device_map)
     display, source = resolve_source(name)  # may build the embedded cache once (slow)
     start = time.perf_counter()
-    model, tokenizer = load_hf(source, parse_dtype(dtype), device, device_map)
-    info = describe(model, display, source)
-    return LoadedModel(model, tokenizer, info, time.perf_counter() - start)
+    model, tokenizer = load_hf(source, dtype_, device, device_map)
+    info = describe_model(model, display, source)
+    lm = LoadedModel(model, tokenizer, info)
+    check_finite_logits(model, display)
+    lm.load_seconds = time.perf_counter() - start
+    return lm

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from probes.checks import ArgumentError, integer
 from workbench.analyzers.sinks import FIRST_TOKEN_THRESHOLD, HIDDEN_SINK_THRESHOLD
 
 __all__ = [
@@ -38,6 +39,7 @@ def pooled_to_mass(pooled: np.ndarray, n_keys: int, block: int) -> np.ndarray:
         ``(..., nq, nk)`` mass: the mean over the block's queries of the attention they put on
         the key block, so every row sums to 1 for a causal softmax map.
     """
+    n_keys, block = _geometry(pooled, n_keys, block, "n_keys")
     nk = pooled.shape[-1]
     widths = np.array([min(block, n_keys - j * block) for j in range(nk)], dtype=np.float32)
     return pooled * widths
@@ -56,7 +58,8 @@ def regroup_mass(mass: np.ndarray, n_tokens: int, block: int, factor: int) -> np
     Returns:
         ``(..., m, m)`` float32 with ``m = ceil(n / factor)``.
     """
-    if factor <= 1:
+    n_tokens, block = _geometry(mass, n_tokens, block, "n_tokens")
+    if integer("factor", factor) <= 1:
         return mass
     n = mass.shape[-1]
     rows = np.array([min(block, n_tokens - i * block) for i in range(n)], dtype=np.float64)
@@ -71,6 +74,19 @@ def regroup_mass(mass: np.ndarray, n_tokens: int, block: int, factor: int) -> np
     return out.astype(np.float32)
 
 
+def _geometry(tiles: np.ndarray, n: int, block: int, name: str) -> tuple[int, int]:
+    """Check that ``tiles`` (..., m) pools ``n`` tokens in blocks of ``block``: m = ceil(n/b)."""
+    n = integer(name, n, minimum=1)
+    block = integer("block", block, minimum=1)
+    m = -(-n // block)
+    if np.ndim(tiles) < 1 or np.shape(tiles)[-1] != m:
+        raise ArgumentError(
+            f"a map of {n} tokens pooled in blocks of {block} has {m} blocks per side, but the "
+            f"given array has shape {np.shape(tiles)}"
+        )
+    return n, block
+
+
 def causal_visibility(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
     """``(W, Lk)`` bool: key position <= query position (what a causal LM's query can see)."""
     return np.asarray(key_positions)[None, :] <= np.asarray(query_positions)[:, None]
@@ -79,13 +95,22 @@ def causal_visibility(query_positions: np.ndarray, key_positions: np.ndarray) ->
 def block_visibility(n_blocks: int, block: int, n_tokens: int) -> np.ndarray:
     """``(n_blocks, n_blocks)`` bool: a key block is visible to a query block when its first
     token is visible to the block's last query."""
+    n_blocks = integer("n_blocks", n_blocks, minimum=1)
+    block = integer("block", block, minimum=1)
+    n_tokens = integer("n_tokens", n_tokens, minimum=1)
     last_query = np.minimum(np.arange(1, n_blocks + 1) * block, n_tokens) - 1
     return causal_visibility(last_query, np.arange(n_blocks) * block)
 
 
 def block_max(values: np.ndarray, block: int, n_blocks: int) -> np.ndarray:
     """``(n_blocks,)`` maximum of per-token ``values`` (``(L,)``) over each block (zero-padded)."""
+    n_blocks = integer("n_blocks", n_blocks, minimum=1)
+    block = integer("block", block, minimum=1)
     pad = n_blocks * block - len(values)
+    if pad < 0:
+        raise ArgumentError(
+            f"{len(values)} values do not fit in n_blocks={n_blocks} blocks of {block}"
+        )
     return np.pad(values, (0, pad)).reshape(n_blocks, block).max(-1)
 
 
@@ -97,6 +122,7 @@ def sink_mask(sink: np.ndarray, offset: int = 0) -> np.ndarray:
     "Unveiling and Harnessing Hidden Attention Sinks"). ``offset`` is the position of
     ``sink[0]``.
     """
+    offset = integer("offset", offset, minimum=0)
     sink = np.asarray(sink, dtype=np.float64)
     positions = np.arange(len(sink)) + offset
     thresholds = np.where(positions == 0, FIRST_TOKEN_THRESHOLD, HIDDEN_SINK_THRESHOLD)

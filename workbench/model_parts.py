@@ -15,8 +15,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from probes.checks import choice, index_list
 from workbench.architectures import ArchitectureSpec, config_value, module_at, spec_for
-from workbench.errors import WorkbenchError
+from workbench.errors import LayerOutOfRangeError
 
 #: The block parts :func:`borrowed_weights` can swap, by the table column that names them.
 BLOCK_PARTS = ("attention", "mlp")
@@ -139,8 +140,7 @@ def only_blocks(model: nn.Module, start: int, stop: int | None = None) -> Iterat
 
 def _part_prefix(model: nn.Module, part: str) -> tuple[str, str]:
     """``(blocks path, part attribute)`` of ``part`` (a :data:`BLOCK_PARTS` name)."""
-    if part not in BLOCK_PARTS:
-        raise WorkbenchError(f"part must be one of {BLOCK_PARTS}, got {part!r}")
+    choice("part", part, BLOCK_PARTS)
     spec = spec_of(model)
     return spec.blocks, getattr(spec, part)
 
@@ -157,7 +157,13 @@ def borrowed_weights(
     weights back on exit (also on error). ``donor`` must share the architecture (e.g. the base
     model of a fine-tune).
     """
-    wanted = None if layers is None else {int(i) for i in layers}
+    if layers is None:
+        wanted = None
+    else:
+        n_layers = len(decoder_blocks(model))
+        wanted = set(
+            index_list("layers", layers, size=n_layers, what="layer", error=LayerOutOfRangeError)
+        )
     blocks, attr = _part_prefix(model, part)
     pattern = re.compile(rf"^{re.escape(blocks)}\.(\d+)\.{re.escape(attr)}\.")
     donor_params = dict(donor.named_parameters())

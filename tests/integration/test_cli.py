@@ -143,7 +143,7 @@ def test_scan_params_reach_the_analyzer(tmp_path, capsys, lm):
         ),
         (
             ["scan", "--analyzer", "sinks", "--param", "n_promts=4", "--out", "x.csv"],
-            "sinks has no such parameter",
+            "analyzer 'sinks' takes no parameter 'n_promts' (did you mean 'n_prompts'?)",
         ),
         (["scan", "--analyzer", "sinks", "--param", "n_prompts", "--out", "x.csv"], "KEY=VALUE"),
         (["organism", "--steps", "0"], "--steps must be >= 1"),

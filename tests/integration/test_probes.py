@@ -150,9 +150,9 @@ def test_full_context_maps_are_refused_before_running(lm):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"layers": [30]}, workbench.LayerOutOfRangeError, "layer 30.*0..29"),
-        ({"layers": [-1]}, workbench.LayerOutOfRangeError, "layer -1"),
-        ({"heads": [9]}, workbench.HeadOutOfRangeError, "head 9.*0..8"),
+        ({"layers": [30]}, workbench.LayerOutOfRangeError, "layers.*0..29, got 30"),
+        ({"layers": [-1]}, workbench.LayerOutOfRangeError, "layers.*got -1"),
+        ({"heads": [9]}, workbench.HeadOutOfRangeError, "heads.*0..8, got 9"),
         ({"query_window": (5, 2)}, probes.ProbeError, "query_window"),
     ],
 )

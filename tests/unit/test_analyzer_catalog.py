@@ -7,8 +7,8 @@ import sys
 
 
 def test_catalog_lists_exactly_the_registered_analyzers():
-    from workbench.analyzers import ANALYZERS
     from workbench.analyzer_catalog import CATALOG
+    from workbench.analyzers import ANALYZERS
 
     assert set(CATALOG) == set(ANALYZERS)
     for name, cls in ANALYZERS.items():

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.analyzer_catalog import catalog_list
 from workbench.analyzers import (  # noqa: F401  (register)
     atlas,
     attribution,
@@ -24,6 +25,7 @@ from workbench.analyzers import (  # noqa: F401  (register)
 from workbench.analyzers.base import (
     ANALYZERS,
     Analyzer,
+    AnalyzerArgumentError,
     AnalyzerError,
     Progress,
     Scan,
@@ -53,13 +55,15 @@ def analyze(
 
 
 def list_analyzers() -> list[tuple[str, str]]:
-    """``(name, summary)`` of every registered analyzer, sorted by name."""
-    return [(name, ANALYZERS[name].summary) for name in sorted(ANALYZERS)]
+    """``(name, summary)`` of every registered analyzer, sorted by name (from the catalog,
+    :mod:`workbench.analyzer_catalog`, which a test keeps equal to the registry)."""
+    return catalog_list()
 
 
 __all__ = [
     "ANALYZERS",
     "Analyzer",
+    "AnalyzerArgumentError",
     "AnalyzerError",
     "PromptFileError",
     "Scan",

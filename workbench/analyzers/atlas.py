@@ -13,7 +13,9 @@ analyzers cited in their own modules.
 Precomputed analyzer DataFrames go in ``frames={name: df}`` (their ``score`` column becomes the
 feature ``name``; ``"sinks"`` becomes ``sink``); the cheap ones that are missing (sinks,
 previous_token, duplicate_token, induction, entropy, distance) are computed here with the
-analyzers' default tasks on ``n_prompts`` prompts, without their causal checks.
+analyzers' default tasks (their own default sizes, or ``n_prompts`` prompts; ``quick=True``:
+4 prompts), without their causal checks; ``attrs["feature_stability"]`` carries each feature
+analyzer's split-half rank stability.
 
 Columns: ``layer, head, head_id``, one column per feature (raw values), ``cluster`` (0 = the
 largest cluster), ``cluster_label`` (``"high <feature>"`` for the feature with the largest
@@ -28,7 +30,7 @@ causal checks of the analyzers whose frames were given are carried in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -40,11 +42,17 @@ from workbench.analyzers.base import (
     AnalyzerError,
     Progress,
     Scan,
-    check_positive_int,
     get_analyzer,
     head_frame,
     register_analyzer,
     require_done,
+)
+from workbench.analyzers.params import (
+    Check,
+    count,
+    flag,
+    frames_check,
+    word_list,
 )
 from workbench.analyzers.prompts import as_items
 from workbench.analyzers.sinks import corpus_windows
@@ -57,6 +65,8 @@ STAT_FEATURES = ("entropy", "distance")
 #: Feature name of an analyzer's score (default: the analyzer's name).
 FEATURE_NAME = {"sinks": "sink"}
 RESERVED = ("layer", "head", "head_id", "score", "cluster", "cluster_label", "x", "y")
+STAT_PROMPTS = 16  # corpus windows of the attention statistics when n_prompts is not given
+QUICK = {"n_prompts": 4}  # quick mode: the earlier small task
 LABEL_THRESHOLD = 0.5  # s.d.: a centre below this on every feature is "typical"
 
 
@@ -160,6 +170,14 @@ class AtlasAnalyzer(Analyzer):
     name = "atlas"
     summary = "clusters heads by their analyzer scores and attention statistics; 2-D map"
     uses_frames = True
+    quick_params = QUICK
+    checks: ClassVar[Mapping[str, Check]] = {
+        "frames": frames_check,
+        "compute_missing": flag(),
+        "features": word_list(),
+        "n_clusters": count(1),
+        "n_prompts": count(1, optional=True),
+    }
 
     def run(
         self,
@@ -172,18 +190,17 @@ class AtlasAnalyzer(Analyzer):
         features: Sequence[str] | None = None,
         n_clusters: int = 6,
         seed: int = 0,
-        n_prompts: int = 4,
+        n_prompts: int | None = None,
         prompt_tokens: int = 64,
         n_words: int = 20,
-        **_: Any,
+        quick: bool = False,
     ) -> pd.DataFrame:
         """``frames``: precomputed analyzer DataFrames by analyzer name. ``compute_missing``:
         compute the cheap features not given. ``features``: use only these feature names.
         ``prompts``: used for the sink, previous-token and statistics features (the duplicate
-        and induction detectors keep their repeated-sequence task)."""
-        n_clusters = check_positive_int("n_clusters", n_clusters)
-        n_prompts = check_positive_int("n_prompts", n_prompts)
-        prompt_tokens = check_positive_int("prompt_tokens", prompt_tokens, minimum=2)
+        and induction detectors keep their repeated-sequence task). ``n_prompts``: prompts of
+        every computed feature (None: each analyzer's default size, :data:`STAT_PROMPTS` for
+        the statistics)."""
         n_total = lm.info.n_layers * lm.info.n_heads
         if n_clusters > n_total:
             raise AnalyzerError(f"n_clusters={n_clusters} exceeds the number of heads ({n_total})")
@@ -191,9 +208,20 @@ class AtlasAnalyzer(Analyzer):
         for name in frames:
             if feature_name(name) in RESERVED:
                 raise AnalyzerError(f"frames: {name!r} clashes with an atlas column name")
-        wanted = None if features is None else list(features)
-        if wanted is not None and not wanted:
-            raise AnalyzerError("features is empty; name at least one feature or pass None")
+        wanted = features
+        cheap = [feature_name(n) for n in CHEAP_ANALYZERS] + list(STAT_FEATURES)
+        available = {feature_name(n) for n in frames} | (set(cheap) if compute_missing else set())
+        if wanted is not None:  # checked before any feature is computed
+            unknown = [f for f in wanted if f not in available]
+            if unknown:
+                raise AnalyzerError(
+                    f"feature(s) {unknown} not available: pass their analyzer's frame "
+                    f"(frames={{name: df}}) or use the computed ones ({', '.join(cheap)})"
+                )
+        if not available:
+            raise AnalyzerError(
+                "the atlas has no features: pass frames={name: df} or compute_missing=True"
+            )
 
         def needed(feature: str) -> bool:
             return wanted is None or feature in wanted
@@ -201,51 +229,59 @@ class AtlasAnalyzer(Analyzer):
         values: dict[str, np.ndarray] = {}
         sources: dict[str, str] = {}
         causal_sources: dict[str, Any] = {}
+        stability: dict[str, Any] = {}
         for name, df in frames.items():
             if not needed(feature_name(name)):
                 continue
             values[feature_name(name)] = frame_feature(lm, name, df)
             sources[feature_name(name)] = "given"
+            stability[feature_name(name)] = df.attrs.get("stability")
             if "causal" in df.attrs:
                 causal_sources[name] = df.attrs["causal"]
 
         items = as_items(prompts)
         user_prompts = [item["prompt"] for item in items] or None
+        to_compute = [
+            name
+            for name in CHEAP_ANALYZERS
+            if compute_missing and feature_name(name) not in values and needed(feature_name(name))
+        ]
+        missing_stats = [
+            f for f in STAT_FEATURES if compute_missing and f not in values and needed(f)
+        ]
+        stat_prompts: list[str] = []
+        if missing_stats:  # encoded (and checked) before any forward
+            stat_prompts = user_prompts or corpus_windows(
+                lm, n_prompts or STAT_PROMPTS, prompt_tokens
+            )
+            for i, prompt in enumerate(stat_prompts):
+                if lm.encode(prompt).n_tokens < 2:
+                    raise AnalyzerError(
+                        f"atlas: prompt {i} ({prompt!r:.60}) has fewer than 2 tokens; the "
+                        "attention statistics need at least 2"
+                    )
         scan_attrs: dict[str, Any] = {}
-        if compute_missing:
-            for name in CHEAP_ANALYZERS:
-                feature = feature_name(name)
-                if feature in values or not needed(feature):
-                    continue
-                task = user_prompts if name in ("sinks", "previous_token") else None
-                df = get_analyzer(name).run(
-                    lm,
-                    task,
-                    progress=progress,
-                    causal=False,
-                    n_prompts=n_prompts,
-                    prompt_tokens=prompt_tokens,
-                    n_words=n_words,
-                    seed=seed,
-                )
-                values[feature] = frame_feature(lm, name, df)
-                sources[feature] = f"computed ({df.attrs.get('prompts_used')} prompts)"
-            missing_stats = [f for f in STAT_FEATURES if f not in values and needed(f)]
-            if missing_stats:
-                stat_prompts = user_prompts or corpus_windows(lm, n_prompts, prompt_tokens)
-                stats, scan = attention_statistics(lm, stat_prompts, progress)
-                for f in missing_stats:
-                    values[f] = stats[f]
-                    sources[f] = f"computed ({scan.done} prompts)"
-                scan_attrs = scan.attrs()
-        if wanted is not None:
-            unknown = [f for f in wanted if f not in values]
-            if unknown:
-                cheap = [feature_name(n) for n in CHEAP_ANALYZERS] + list(STAT_FEATURES)
-                raise AnalyzerError(
-                    f"feature(s) {unknown} not available: pass their analyzer's frame "
-                    f"(frames={{name: df}}) or use the computed ones ({', '.join(cheap)})"
-                )
+        shared = {
+            "progress": progress,
+            "causal": False,
+            "prompt_tokens": prompt_tokens,
+            "n_words": n_words,
+            "seed": seed,
+            **({} if n_prompts is None else {"n_prompts": n_prompts}),
+        }
+        for name in to_compute:
+            analyzer = get_analyzer(name)
+            task = user_prompts if name in ("sinks", "previous_token") else None
+            df = analyzer.run(lm, task, **analyzer.select(shared))
+            values[feature_name(name)] = frame_feature(lm, name, df)
+            sources[feature_name(name)] = f"computed ({df.attrs.get('prompts_used')} prompts)"
+            stability[feature_name(name)] = df.attrs.get("stability")
+        if missing_stats:
+            stats, scan = attention_statistics(lm, stat_prompts, progress)
+            for f in missing_stats:
+                values[f] = stats[f]
+                sources[f] = f"computed ({scan.done} prompts)"
+            scan_attrs = scan.attrs()
         if not values:
             raise AnalyzerError(
                 "the atlas has no features: pass frames={name: df} or compute_missing=True"
@@ -314,6 +350,11 @@ class AtlasAnalyzer(Analyzer):
                 "own top-k vs random-k checks."
             },
             "causal_sources": causal_sources,
+            "uncertainty": {
+                "none": "the atlas score is a head's distance to its cluster centre, not a mean "
+                "over prompts: no interval (see feature_stability for the features' own)"
+            },
+            "feature_stability": stability,
             **scan_attrs,
         }
         attrs.setdefault("prompts_used", scan_attrs.get("prompts_used", 0))

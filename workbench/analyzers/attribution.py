@@ -42,14 +42,19 @@ vs k random same-layer heads.
 
 Prompt items: ``prompt``, ``target``, ``foil`` (strings; the first token of each is used: write
 them with their leading space, ``" Mary"``), optional ``corrupt``. Items without target and foil
-use the model's own top-1 vs top-2 next tokens. The default task is a few IOI prompts bundled
-here (:data:`DEFAULT_TASK`).
+use the model's own top-1 vs top-2 next tokens. The default task is ``n_prompts`` IOI prompts
+(:func:`workbench.analyzers.ioi.ioi_task`: the six hand-written :data:`DEFAULT_TASK` first).
+
+Uncertainty: ``score_lo``/``score_hi`` are the bootstrap interval over prompts of the score
+``|mean attribution_patching|``, from the per-prompt attribution-patching values oriented by the
+sign of the head's mean (``attrs["per_item"]``; their mean is the score). A ``score_lo`` below
+zero says that the direction of the head's effect is not settled by the prompts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -61,12 +66,12 @@ from workbench.analyzers.base import (
     AnalyzerError,
     Progress,
     Scan,
-    check_positive_int,
     head_frame,
     register_analyzer,
     require_done,
 )
-from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.causal import CHEAP_DRAWS, causal_evidence
+from workbench.analyzers.ioi import DEFAULT_TASK, ioi_task
 from workbench.analyzers.logit_attribution import (
     BASELINES,
     MetricFn,
@@ -76,53 +81,18 @@ from workbench.analyzers.logit_attribution import (
     logit_diff,
     metric_value,
 )
+from workbench.analyzers.params import Check, count, flag, head_list, metric_check, one_of
 from workbench.analyzers.prompts import as_items
-from workbench.interventions import normalize_heads
 from workbench.model_parts import logit_transform
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
 
-#: IOI-style prompts (indirect object = target, repeated subject = foil); ``corrupt`` replaces
-#: the second subject mention by a third name (the "ABC" distribution of Wang et al.).
-DEFAULT_TASK: tuple[dict[str, str], ...] = (
-    {
-        "prompt": "When Mary and John went to the store, John gave a drink to",
-        "target": " Mary",
-        "foil": " John",
-        "corrupt": "When Mary and John went to the store, Tom gave a drink to",
-    },
-    {
-        "prompt": "When John and Mary went to the park, Mary gave a ball to",
-        "target": " John",
-        "foil": " Mary",
-        "corrupt": "When John and Mary went to the park, Sarah gave a ball to",
-    },
-    {
-        "prompt": "After Sarah and David had lunch, David handed the bill to",
-        "target": " Sarah",
-        "foil": " David",
-        "corrupt": "After Sarah and David had lunch, James handed the bill to",
-    },
-    {
-        "prompt": "While Anna and Paul were cooking dinner, Paul passed the salt to",
-        "target": " Anna",
-        "foil": " Paul",
-        "corrupt": "While Anna and Paul were cooking dinner, Bob passed the salt to",
-    },
-    {
-        "prompt": "Then, Emma and James went to the office. James gave a pen to",
-        "target": " Emma",
-        "foil": " James",
-        "corrupt": "Then, Emma and James went to the office. Lisa gave a pen to",
-    },
-    {
-        "prompt": "When Bob and Alice arrived at the party, Alice gave a gift to",
-        "target": " Bob",
-        "foil": " Alice",
-        "corrupt": "When Bob and Alice arrived at the party, David gave a gift to",
-    },
-)
+#: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
+#: keeps the earlier task (the six hand-written prompts).
+N_PROMPTS = 32
+CAUSAL_PROMPTS = 32
+QUICK = {"causal_prompts": len(DEFAULT_TASK), "draws": 3}  # and the six prompts of DEFAULT_TASK
 
 
 # -- the analyzer ---------------------------------------------------------------------------
@@ -154,13 +124,6 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def _parse_heads(lm: LoadedModel, heads: Sequence[Any]) -> list[tuple[int, int]]:
-    """Checked ``(layer, head)`` pairs, sorted, from ids (``"L5H3"``) or pairs."""
-    if isinstance(heads, str) or not list(heads):
-        raise AnalyzerError("exact_heads is empty; name heads such as L29H3, or set exact=True")
-    return [(layer, h) for layer, hs in normalize_heads(lm.layout, heads).items() for h in hs]
-
-
 @register_analyzer
 class AttributionAnalyzer(Analyzer):
     """Per-head direct logit attribution (Elhage et al. 2021) and attribution-patching estimate
@@ -170,6 +133,15 @@ class AttributionAnalyzer(Analyzer):
 
     name = "attribution"
     summary = "direct logit attribution and attribution patching for a logit-difference metric"
+    quick_params = QUICK
+    checks: ClassVar[Mapping[str, Check]] = {
+        "metric": metric_check,
+        "baseline": one_of(*BASELINES),
+        "n_prompts": count(1, optional=True),
+        "exact": flag(),
+        "exact_heads": head_list(),
+        "causal_prompts": count(1),
+    }
 
     def run(
         self,
@@ -184,63 +156,43 @@ class AttributionAnalyzer(Analyzer):
         exact_heads: Sequence[Any] | None = None,
         causal: bool = True,
         top_k: int = 5,
-        draws: int = 3,
+        draws: int = CHEAP_DRAWS,
         seed: int = 0,
-        causal_prompts: int = 6,
-        **_: Any,
+        causal_prompts: int = CAUSAL_PROMPTS,
+        quick: bool = False,
     ) -> pd.DataFrame:
         """Score every head; see the module docstring. ``metric``: ``"logit_diff"`` or a
         callable ``(logits_last (V,), item) -> 0-d tensor``. ``exact`` / ``exact_heads``:
-        measure the exact ablation effect of every head / of these heads."""
-        if baseline not in BASELINES:
-            raise AnalyzerError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-        if not (metric == "logit_diff" or callable(metric)):
-            raise AnalyzerError(f"metric must be 'logit_diff' or a callable, got {metric!r}")
-        top_k = check_positive_int("top_k", top_k)
-        causal_prompts = check_positive_int("causal_prompts", causal_prompts)
-        items = as_items(prompts) or [dict(item) for item in DEFAULT_TASK]
+        measure the exact ablation effect of every head / of these heads. ``n_prompts``: use
+        the first ``n_prompts`` prompts (None: all user prompts, or the default task of
+        :data:`N_PROMPTS` IOI prompts). ``quick``: the six hand-written prompts of
+        :data:`DEFAULT_TASK` and 3 random draws (weak evidence)."""
+        default_size = len(DEFAULT_TASK) if quick else N_PROMPTS
+        items = as_items(prompts) or ioi_task(n_prompts or default_size, seed)
         if n_prompts is not None:
-            items = items[: check_positive_int("n_prompts", n_prompts)]
+            items = items[:n_prompts]
         exact_list = None
         if exact_heads is not None:
-            exact_list = _parse_heads(lm, exact_heads)
+            exact_list = sorted(exact_heads)
         elif exact:
             exact_list = [(a, b) for a in range(lm.info.n_layers) for b in range(lm.info.n_heads)]
 
-        # Tokenize and resolve each item's metric up front (clear errors before any work).
+        # Tokenize and check every item up front (clear errors before any forward), then
+        # resolve the metric of items without target and foil (the model's top-2).
+        checked = [self._check_item(lm, item, baseline, metric) for item in items]
         prepared = []
         multi_token = 0
-        for item in items:
-            enc = lm.encode(item["prompt"])
-            corrupt_ids = None
-            if baseline == "corrupt":
-                if not isinstance(item.get("corrupt"), str):
-                    raise AnalyzerError(
-                        "baseline='corrupt' needs a 'corrupt' prompt in every item; missing in "
-                        f"{item['prompt']!r:.60}"
-                    )
-                corrupt_ids = lm.encode(item["corrupt"]).input_ids
+        for item, (enc, corrupt_ids, tokens) in zip(items, checked, strict=True):
             if callable(metric):
                 fn, pair = _bind(metric, item), None
             else:
-                has_t, has_f = "target" in item, "foil" in item
-                if has_t != has_f:
-                    raise AnalyzerError(
-                        "attribution items need both 'target' and 'foil' (or neither, to use the "
-                        f"model's top-2 next tokens); got one in {item['prompt']!r:.60}"
-                    )
-                if has_t:
-                    t, mt = _first_token(lm, item["target"], "target")
-                    f, mf = _first_token(lm, item["foil"], "foil")
+                if tokens is not None:
+                    (t, mt), (f, mf) = tokens
                     multi_token += int(mt) + int(mf)
                 else:
                     with torch.no_grad():
                         top2 = lm.forward(enc)[0, -1].topk(2).indices.tolist()
                     t, f = int(top2[0]), int(top2[1])
-                if t == f:
-                    raise AnalyzerError(
-                        f"target and foil are the same token in {item['prompt']!r:.60}"
-                    )
                 fn, pair = logit_diff(t, f), (t, f)
             prepared.append((item, enc, corrupt_ids, fn, pair))
 
@@ -252,7 +204,7 @@ class AttributionAnalyzer(Analyzer):
 
         n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
         dla = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-        ap = torch.zeros_like(dla)
+        ap_items: list[torch.Tensor] = []  # (layers, heads) per prompt
         per_item = []
         norm_check = 0.0
         with Scan(prepared, self.name, progress) as scan:
@@ -261,7 +213,7 @@ class AttributionAnalyzer(Analyzer):
                     lm, enc.input_ids, fn, baseline=baseline, corrupt_ids=corrupt_ids, means=means
                 )
                 dla += res.dla
-                ap += res.attribution_patching
+                ap_items.append(res.attribution_patching.double())
                 norm_check = max(norm_check, res.norm_check)
                 row = {"prompt": item["prompt"], "metric": res.metric}
                 if pair is not None:
@@ -271,6 +223,9 @@ class AttributionAnalyzer(Analyzer):
         require_done(scan, self.name)
         n = scan.done
         done = prepared[:n]
+        signed = torch.stack(ap_items[:n])  # (n, layers, heads)
+        ap = signed.sum(0)
+        oriented = signed * torch.where(ap < 0, -1.0, 1.0)  # mean over prompts = |mean| = score
         evidence: dict[str, Any] = {"dla": dla / n, "attribution_patching": ap / n}
 
         attrs: dict[str, Any] = {
@@ -328,7 +283,7 @@ class AttributionAnalyzer(Analyzer):
             }
 
         score = (ap / n).abs()
-        df = head_frame(lm, score, evidence, attrs)
+        df = head_frame(lm, score, evidence, attrs, per_item=oriented)
         if causal and not scan.interrupted:
             ranked = df.sort_values("score", ascending=False)
             ranked_heads = [
@@ -336,13 +291,13 @@ class AttributionAnalyzer(Analyzer):
             ]
             subset = done[:causal_prompts]
 
-            def mean_metric(model: LoadedModel) -> float:
-                return float(np.mean([metric_value(model, e[1].input_ids, e[3]) for e in subset]))
+            def item_metric(model: LoadedModel) -> list[float]:
+                return [float(metric_value(model, e[1].input_ids, e[3])) for e in subset]
 
             df.attrs["causal"] = causal_evidence(
                 lm,
                 ranked_heads,
-                mean_metric,
+                item_metric,
                 metric_name=f"mean {attrs['params']['metric']} over {len(subset)} prompts",
                 k=top_k,
                 draws=draws,
@@ -352,6 +307,35 @@ class AttributionAnalyzer(Analyzer):
             )
         return df
 
+    @staticmethod
+    def _check_item(lm: LoadedModel, item: dict[str, Any], baseline: str, metric: Any) -> tuple:
+        """``(encoding, corrupt ids or None, ((target, multi), (foil, multi)) or None)`` of one
+        item, every field checked; no forward."""
+        enc = lm.encode(item["prompt"])
+        corrupt_ids = None
+        if baseline == "corrupt":
+            if not isinstance(item.get("corrupt"), str):
+                raise AnalyzerError(
+                    "baseline='corrupt' needs a 'corrupt' prompt in every item; missing in "
+                    f"{item['prompt']!r:.60}"
+                )
+            corrupt_ids = lm.encode(item["corrupt"]).input_ids
+        if callable(metric):
+            return enc, corrupt_ids, None
+        has_t, has_f = "target" in item, "foil" in item
+        if has_t != has_f:
+            raise AnalyzerError(
+                "attribution items need both 'target' and 'foil' (or neither, to use the "
+                f"model's top-2 next tokens); got one in {item['prompt']!r:.60}"
+            )
+        if not has_t:
+            return enc, corrupt_ids, None
+        target = _first_token(lm, item["target"], "target")
+        foil = _first_token(lm, item["foil"], "foil")
+        if target[0] == foil[0]:
+            raise AnalyzerError(f"target and foil are the same token in {item['prompt']!r:.60}")
+        return enc, corrupt_ids, (target, foil)
+
 
 __all__ = [
     "DEFAULT_TASK",
@@ -359,6 +343,7 @@ __all__ = [
     "ablation_for",
     "attribute",
     "head_z",
+    "ioi_task",
     "logit_diff",
     "metric_value",
 ]

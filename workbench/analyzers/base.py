@@ -9,27 +9,70 @@ its evidence columns, and ``df.attrs`` holding its parameters, counts (``prompts
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from probes.checks import ArgumentError, describe, integer, unknown_keywords
+from workbench.analyzers.frames import (  # noqa: F401  (re-exported: the analyzers' API)
+    INTERVAL_COLUMNS,
+    SUMMED_ATTRS,
+    head_frame,
+    merge_mean_frames,
+)
+from workbench.analyzers.params import COMMON, Check
 from workbench.errors import WorkbenchError
-from workbench.heads import head_id
 from workbench.lm import LoadedModel
 
 Progress = bool | Callable[[str, int, int], None]
 """A tqdm bar (True), nothing (False), or a callback ``progress(desc, done, total)``."""
 
 
+QUICK_NOTE = (
+    "quick mode: weak evidence (a small task and few random draws; run without quick for "
+    "intervals and p-values worth trusting)"
+)
+"""``df.attrs["note"]`` of a run with ``quick=True``."""
+
+
 class AnalyzerError(WorkbenchError):
     """Bad analyzer request (unknown name, bad parameter, empty prompt set...)."""
+
+
+class AnalyzerArgumentError(AnalyzerError, ArgumentError):
+    """An analyzer parameter has an unknown name, or a wrong type, range or value."""
+
+
+def _checked_run(run: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """``run`` preceded by :meth:`Analyzer.check_params`: nothing runs on a bad parameter."""
+
+    @functools.wraps(run)
+    def checked(self: Analyzer, lm: LoadedModel, prompts=None, **params: Any) -> pd.DataFrame:
+        if not isinstance(lm, LoadedModel):
+            raise AnalyzerArgumentError(
+                f"{self.name}: lm must be a LoadedModel (workbench.load_model()), "
+                f"got {describe(lm)}"
+            )
+        params = self.check_params(lm, params)
+        quick = bool(params.get("quick", False))
+        if quick:  # the small task of quick mode, for what the caller did not set
+            params = {**type(self).quick_params, **params}
+        df = run(self, lm, prompts, **params)
+        if "quick" in type(self).parameters():
+            df.attrs["quick"] = quick
+            if quick:
+                df.attrs["note"] = QUICK_NOTE
+        return df
+
+    checked.__checked__ = True  # type: ignore[attr-defined]
+    return checked
 
 
 class Analyzer(ABC):
@@ -37,7 +80,12 @@ class Analyzer(ABC):
 
     ``run(lm, prompts=None, *, progress=True, **params)``: ``prompts`` is None (the analyzer's
     default task), a list of strings / prompt items (dicts with ``prompt`` and the analyzer's
-    own fields), or a prompt file path.
+    own fields), or a :class:`~pathlib.Path` of a prompt file.
+
+    Parameters are the keyword-only parameters of the subclass's ``run`` (no ``**kwargs``);
+    each has a check in :attr:`checks` or :data:`~workbench.analyzers.params.COMMON`. Every call
+    of ``run`` first refuses unknown names and bad values (:meth:`check_params`), so nothing
+    runs on a misspelt or out-of-range parameter.
     """
 
     name: ClassVar[str] = ""
@@ -55,6 +103,64 @@ class Analyzer(ABC):
     """``run`` takes ``frames={name: df}`` of other analyzers (the atlas)."""
     causal_prompts: ClassVar[int] = 0
     """For ``shard_rule="mean"``: the causal metric reads only this many leading prompts."""
+    checks: ClassVar[Mapping[str, Check]] = {}
+    """The check of each keyword parameter of ``run`` not in
+    :data:`workbench.analyzers.params.COMMON` (or overriding it there)."""
+    quick_params: ClassVar[Mapping[str, Any]] = {}
+    """Parameters of ``quick=True``: the small task and few random draws used before the
+    defaults were sized by measurement; a parameter the caller gives wins. A quick run's
+    ``attrs`` hold ``quick=True`` and a ``note`` that its evidence is weak."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a ``run`` defined here so that every call checks its parameters first, and make
+        sure each of its keyword parameters has a check (an analyzer without one fails at
+        import, not at a user's call)."""
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is None or getattr(run, "__checked__", False):
+            return
+        missing = [name for name in _keywords(run) if name not in {**COMMON, **cls.checks}]
+        if missing:
+            raise TypeError(f"{cls.__name__}.run: no check for parameter(s) {missing}")
+        cls.run = _checked_run(run)  # type: ignore[method-assign]
+
+    @classmethod
+    def parameters(cls) -> tuple[str, ...]:
+        """The keyword parameters ``run`` takes (``progress`` included), from its signature."""
+        return _keywords(cls.run)
+
+    @classmethod
+    def select(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``params`` that ``run`` takes: for options given to every analyzer of
+        a batch (a report's ``top_k``, ``draws``, ``seed``, ``n_prompts``, ``causal``), which
+        not every analyzer has. A user's own parameters go to :meth:`check_params` instead."""
+        names = set(cls.parameters())
+        return {key: value for key, value in params.items() if key in names}
+
+    def check_params(self, lm: LoadedModel | None, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` checked as ``run`` checks them, before any work: unknown names refused
+        (with the close matches), each value through its check; returns the values in
+        canonical form. ``lm=None`` (no model loaded yet): checks that need the model (layer
+        and head ranges, the context length) check types only.
+
+        Raises:
+            AnalyzerArgumentError: naming the parameter, the bad value and what is allowed.
+        """
+        cls = type(self)
+        try:
+            unknown_keywords(f"analyzer {cls.name!r}", params, cls.parameters())
+        except ArgumentError as exc:
+            raise AnalyzerArgumentError(str(exc)) from None
+        checks = {**COMMON, **cls.checks}
+        out = {}
+        for key, value in params.items():
+            try:
+                out[key] = checks[key](key, value, lm)
+            except ArgumentError as exc:
+                if isinstance(exc, AnalyzerError):
+                    raise
+                raise AnalyzerArgumentError(f"{cls.name}: {exc}") from None
+        return out
 
     @abstractmethod
     def run(
@@ -87,45 +193,11 @@ def register_analyzer(cls: type[Analyzer]) -> type[Analyzer]:
 
 def get_analyzer(name: str) -> Analyzer:
     """The registered analyzer ``name`` (a clear error listing the known ones otherwise)."""
-    try:
-        return ANALYZERS[name]()
-    except KeyError:
-        raise AnalyzerError(
+    if not isinstance(name, str) or name not in ANALYZERS:
+        raise AnalyzerArgumentError(
             f"unknown analyzer {name!r}; known: {', '.join(sorted(ANALYZERS))}"
-        ) from None
-
-
-def head_frame(
-    lm: LoadedModel,
-    score: torch.Tensor | np.ndarray,
-    evidence: Mapping[str, torch.Tensor | np.ndarray] | None = None,
-    attrs: Mapping[str, Any] | None = None,
-) -> pd.DataFrame:
-    """Tidy DataFrame from per-head arrays of shape (n_layers, n_heads).
-
-    Columns: ``layer, head, head_id, score`` then each evidence column; ``attrs`` copied into
-    ``df.attrs`` (keep them JSON-serialisable: they go into reports).
-    """
-    n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
-    layers, heads = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
-
-    def flat(x):
-        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        if arr.shape != (n_layers, n_heads):
-            raise ValueError(f"expected shape {(n_layers, n_heads)}, got {arr.shape}")
-        return arr.reshape(-1)
-
-    data: dict[str, Any] = {
-        "layer": layers.reshape(-1),
-        "head": heads.reshape(-1),
-        "head_id": [head_id(int(a), int(b)) for a, b in zip(layers.flat, heads.flat, strict=True)],
-        "score": flat(score).astype(np.float64),
-    }
-    for name, values in (evidence or {}).items():
-        data[name] = flat(values)
-    df = pd.DataFrame(data)
-    df.attrs.update({"model": lm.info.name, **dict(attrs or {})})
-    return df
+        )
+    return ANALYZERS[name]()
 
 
 @dataclass
@@ -195,44 +267,6 @@ class Scan:
         }
 
 
-SUMMED_ATTRS = ("prompts_total", "prompts_used", "prompts_passed", "seconds")
-
-
-def merge_mean_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """``prompts_used``-weighted mean of the numeric columns of per-prompt-mean head tables
-    (same heads, same order); see :meth:`Analyzer.merge`."""
-    if not frames:
-        raise ValueError("no frames to merge")
-    weights = np.array([float(f.attrs.get("prompts_used", 0)) for f in frames])
-    if weights.sum() <= 0:
-        raise ValueError("no shard used any prompt")
-    first = frames[0]
-    flags = [c for c in first.columns if first[c].dtype == bool]
-    if flags:
-        raise NotImplementedError(f"boolean columns {flags}: override Analyzer.merge")
-    out = first.copy()
-    keys = ("layer", "head", "head_id")
-    for frame in frames[1:]:
-        if not frame[list(keys)].equals(first[list(keys)]):
-            raise ValueError("shard tables cover different heads")
-    for col in first.columns:
-        if col in keys or not pd.api.types.is_numeric_dtype(first[col]):
-            continue
-        stacked = np.stack([f[col].to_numpy(dtype=np.float64) for f in frames])
-        out[col] = (weights @ stacked) / weights.sum()
-    attrs = dict(first.attrs)
-    for key in SUMMED_ATTRS:
-        if all(key in f.attrs for f in frames):
-            attrs[key] = sum(f.attrs[key] for f in frames)
-    if "seconds" in attrs:
-        attrs["seconds"] = round(float(attrs["seconds"]), 3)
-    attrs["interrupted"] = any(f.attrs.get("interrupted", False) for f in frames)
-    attrs["shards"] = len(frames)
-    attrs.pop("causal", None)
-    out.attrs = attrs
-    return out
-
-
 def require_done(scan: Scan, what: str) -> None:
     """An interrupted scan with nothing finished has nothing to report."""
     if scan.done == 0:
@@ -245,14 +279,39 @@ def top_heads(df: pd.DataFrame, k: int, column: str = "score") -> list[tuple[int
     return [(int(a), int(b)) for a, b in zip(best["layer"], best["head"], strict=True)]
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+def _keywords(run: Callable[..., Any]) -> tuple[str, ...]:
+    """Keyword-only parameters of ``run`` (its ``**kwargs`` catch-all, if any, is no parameter)."""
+    params = inspect.signature(run).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_room(lm: LoadedModel, n_tokens: int, max_new_tokens: int, where: str) -> None:
+    """Refuse, before any work, a generation of ``max_new_tokens`` after the longest prompt
+    (``n_tokens``) that would run past the model's context."""
+    context = lm.info.max_context
+    if n_tokens + max_new_tokens > context:
+        raise AnalyzerArgumentError(
+            f"{where}: max_new_tokens={max_new_tokens} after the longest prompt ({n_tokens} "
+            f"tokens) exceeds the model's context of {context} tokens; lower max_new_tokens "
+            f"to at most {max(context - n_tokens, 0)} or shorten the prompts"
+        )
+
+
+def checked(check: Callable[..., Any], name: str, value: Any, **kwargs: Any) -> Any:
+    """``check(name, value, **kwargs)`` (a :mod:`probes.checks` validator) whose error is an
+    :class:`AnalyzerArgumentError`, for functions of the analyzers outside ``run``."""
     try:
-        ivalue = int(value)
-    except (TypeError, ValueError):
-        raise AnalyzerError(f"{name} must be an integer, got {value!r}") from None
-    if ivalue < minimum or ivalue != value:
-        raise AnalyzerError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return ivalue
+        return check(name, value, **kwargs)
+    except ArgumentError as exc:
+        if isinstance(exc, AnalyzerError):
+            raise
+        raise AnalyzerArgumentError(str(exc)) from None
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an integer ``>= minimum`` (:func:`probes.checks.integer`, raising
+    :class:`AnalyzerError`): kept for callers outside the analyzers."""
+    return integer(name, value, minimum=minimum, error=AnalyzerArgumentError)
 
 
 def ensure_list(items: Iterable[Any]) -> list[Any]:

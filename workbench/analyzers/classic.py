@@ -7,7 +7,7 @@ prompts. These need the full pattern of every head, so they capture maps (short 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -15,19 +15,26 @@ import torch
 
 from workbench.analyzers.base import (
     Analyzer,
+    AnalyzerError,
     Progress,
     Scan,
-    check_positive_int,
     head_frame,
     register_analyzer,
     require_done,
     top_heads,
 )
-from workbench.analyzers.causal import causal_evidence
-from workbench.analyzers.metrics import mean_next_token_loss
+from workbench.analyzers.causal import CHEAP_DRAWS, causal_evidence
+from workbench.analyzers.metrics import next_token_losses
+from workbench.analyzers.params import Check, count, flag
 from workbench.analyzers.prompts import as_items, bundled_text
 from workbench.analyzers.sinks import corpus_windows
 from workbench.lm import LoadedModel
+
+#: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
+#: keeps the earlier small task.
+N_PROMPTS = 32
+CAUSAL_PROMPTS = 16
+QUICK = {"n_prompts": 8, "causal_prompts": 4, "draws": 3}
 
 
 def previous_token_pattern(tokens: torch.Tensor) -> torch.Tensor:
@@ -84,24 +91,38 @@ def repeated_word_prompts(lm: LoadedModel, n_prompts: int, n_words: int, seed: i
 
 
 class PatternAnalyzer(Analyzer):
-    """Shared driver: capture every head's map per prompt, score it against a pattern."""
+    """Shared driver: capture every head's map per prompt, score it against a pattern.
+
+    ``score``: the pattern score averaged over prompts, with ``score_lo``/``score_hi`` its
+    bootstrap interval over prompts. Causal check: next-token loss of each of the first
+    ``causal_prompts`` prompts (on the repeated half for the repeated-sequence task) with the
+    top-k heads vs k random same-layer heads zero-ablated (``draws`` random sets)."""
 
     pattern_fn: ClassVar[Any]
     default_task: ClassVar[str] = "corpus"
     shard_rule = "mean"
-    causal_prompts = 4
+    causal_prompts = CAUSAL_PROMPTS
+    quick_params = QUICK
+    checks: ClassVar[Mapping[str, Check]] = {
+        "exclude_bos": flag(),
+        "exclude_current_token": flag(),
+        "causal_prompts": count(1),
+    }
 
     def default_items(
         self,
         lm: LoadedModel,
         *,
-        n_prompts: int = 8,
+        n_prompts: int | None = None,
         prompt_tokens: int = 64,
         n_words: int = 20,
         seed: int = 0,
+        quick: bool = False,
         **_: Any,
     ) -> list[Any]:
         """The default task's prompts (repeated word sequences or corpus windows)."""
+        if n_prompts is None:
+            n_prompts = QUICK["n_prompts"] if quick else N_PROMPTS
         if self.default_task == "repeated":
             return as_items(repeated_word_prompts(lm, n_prompts, n_words, seed))
         return as_items(corpus_windows(lm, n_prompts, prompt_tokens))
@@ -112,45 +133,56 @@ class PatternAnalyzer(Analyzer):
         prompts=None,
         *,
         progress: Progress = True,
-        n_prompts: int = 8,
+        n_prompts: int = N_PROMPTS,
         prompt_tokens: int = 64,
         n_words: int = 20,
         exclude_bos: bool = False,
         exclude_current_token: bool = False,
         causal: bool = True,
         top_k: int = 5,
-        draws: int = 3,
+        draws: int = CHEAP_DRAWS,
+        causal_prompts: int = CAUSAL_PROMPTS,
         seed: int = 0,
         ranking: Sequence[tuple[int, int]] | None = None,
-        **_: Any,
+        quick: bool = False,
     ) -> pd.DataFrame:
-        """``ranking``: heads for the causal check, best first (default: this run's top-k)."""
-        n_prompts = check_positive_int("n_prompts", n_prompts)
+        """``ranking``: heads for the causal check, best first (default: this run's top-k).
+        ``quick``: the small task of :data:`QUICK` (weak evidence, said in ``attrs``)."""
         items = as_items(prompts)
         if not items:
             items = self.default_items(
                 lm, n_prompts=n_prompts, prompt_tokens=prompt_tokens, n_words=n_words, seed=seed
             )
+        # every prompt encoded (and checked) before the first forward
+        encoded = [lm.encode(item["prompt"]) for item in items]
+        for i, enc in enumerate(encoded):
+            if enc.n_tokens < 2:
+                raise AnalyzerError(
+                    f"{self.name}: prompt {i} ({items[i]['prompt']!r:.60}) has {enc.n_tokens} "
+                    "token(s); the pattern needs at least 2"
+                )
+        lm.capture().check_fits(max(enc.n_tokens for enc in encoded))  # every map, every head
         n_layers = lm.info.n_layers
-        total = torch.zeros(n_layers, lm.info.n_heads, dtype=torch.float64)
+        scores: list[torch.Tensor] = []  # (layers, heads) per prompt
         encodings = []
-        with Scan(items, self.name, progress) as scan:
-            for item in scan:
-                enc = lm.encode(item["prompt"] if isinstance(item, dict) else item)
-                if enc.n_tokens < 2:
-                    raise ValueError(f"prompt {item['prompt']!r} has fewer than 2 tokens")
+        with Scan(encoded, self.name, progress) as scan:
+            for enc in scan:
                 pattern = type(self).pattern_fn(enc.input_ids[0])
                 _, rec = lm.run_capture(enc)
-                for layer in range(n_layers):
-                    total[layer] += pattern_score(
+                one = [
+                    pattern_score(
                         rec[layer].maps[0],
                         pattern,
                         exclude_bos=exclude_bos,
                         exclude_current_token=exclude_current_token,
                     )
+                    for layer in range(n_layers)
+                ]
+                scores.append(torch.stack(one))
                 encodings.append(enc)
         require_done(scan, self.name)
-        score = total / scan.done
+        per_item = torch.stack(scores[: scan.done])
+        score = per_item.mean(0)
         df = head_frame(
             lm,
             score,
@@ -161,20 +193,24 @@ class PatternAnalyzer(Analyzer):
                     "exclude_bos": exclude_bos,
                     "exclude_current_token": exclude_current_token,
                     "default_task": self.default_task if not prompts else "user prompts",
+                    "causal_prompts": causal_prompts,
                 },
                 **scan.attrs(),
             },
+            per_item=per_item,
         )
         if causal and not scan.interrupted:
-            starts = [e.n_tokens // 2 for e in encodings] if self.default_task == "repeated" else 0
+            repeated = self.default_task == "repeated"
+            used = encodings[:causal_prompts]
+            starts = [e.n_tokens // 2 for e in used] if repeated else 0
             df.attrs["causal"] = causal_evidence(
                 lm,
                 top_heads(df, top_k) if ranking is None else [tuple(h) for h in ranking],
-                lambda m: mean_next_token_loss(m, encodings[:4], starts[:4] if starts else 0),
+                lambda m: next_token_losses(m, used, starts),
                 metric_name=(
-                    "loss on the repeated half (nats)"
-                    if self.default_task == "repeated"
-                    else "mean next-token loss (nats)"
+                    f"loss on the repeated half (nats), {len(used)} prompts"
+                    if repeated
+                    else f"next-token loss (nats), {len(used)} prompts"
                 ),
                 k=top_k,
                 draws=draws,

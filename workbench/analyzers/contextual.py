@@ -39,7 +39,8 @@ Layout: the model runs (greedy answers, span masses, accuracy, log-probs) are
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import torch
@@ -49,20 +50,21 @@ from workbench.analyzers.base import (
     AnalyzerError,
     Progress,
     Scan,
-    check_positive_int,
+    check_room,
     head_frame,
     register_analyzer,
     require_done,
     top_heads,
 )
-from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.causal import GENERATION_DRAWS, causal_evidence
 from workbench.analyzers.contextual_runs import (
     aggregate,
-    answer_logprob,
+    answer_logprobs,
     answer_span_mass,
     greedy_ids,
     item_scores,
-    qa_accuracy,
+    qa_hits,
+    scored,
 )
 from workbench.analyzers.focus_training import focus_effect, train_focus_directions
 from workbench.analyzers.mdqa import (
@@ -73,12 +75,20 @@ from workbench.analyzers.mdqa import (
     make_items,
     split_facts,
 )
+from workbench.analyzers.params import Check, all_heads, count, flag, one_of, output_file, real
 from workbench.analyzers.prompts import as_items
 from workbench.heads import Head
 from workbench.interventions import FOCUS_SCALE
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
+
+
+#: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
+#: keeps the earlier small task.
+N_ITEMS = 32
+N_CAUSAL = 16
+QUICK = {"n_items": 10, "n_causal": 8, "draws": 3}
 
 
 # -- the analyzer -----------------------------------------------------------------------------
@@ -99,7 +109,8 @@ class ContextualAnalyzer(Analyzer):
     relevant document over answer tokens of multi-document QA prompts; focus directions for
     the top heads; causal check by ablation. See the module docstring for the definitions.
 
-    ``score``: relevant-document mass (mean over answer tokens, then prompts). Evidence:
+    ``score``: relevant-document mass (mean over answer tokens, then prompts; ``score_lo`` /
+    ``score_hi``: its bootstrap interval over those prompts). Evidence:
     ``mass_all_docs`` (on all documents), ``mass_irrelevant`` (on the distractors together),
     ``relevant_share`` (relevant / all-documents mass), ``score_all_prompts`` (relevant mass
     over every prompt, correct or not). ``attrs``: ``accuracy`` (answer containment of the
@@ -111,12 +122,29 @@ class ContextualAnalyzer(Analyzer):
     optional ``aliases``), e.g. a JSONL file. Focus directions are always trained on items
     built from the bundled training split (``n_train_facts`` facts, never in the default
     evaluation items) and evaluated on the first ``n_causal`` scored prompts; ``focus_out``
-    saves them (safetensors). ``focus=False`` / ``causal=False`` skip those parts.
+    saves them (safetensors). ``focus=False`` / ``causal=False`` skip those parts. The causal
+    checks score each of the ``n_causal`` prompts (correct or not; log-prob per prompt) with
+    ``draws`` random sets. ``quick``: the small task of :data:`QUICK` (weak evidence).
     """
 
     name = "contextual"
     summary = "attention on the relevant document in multi-document QA; focus directions"
     item_fields = ("documents", "relevant", "answer")
+    quick_params = QUICK
+    checks: ClassVar[Mapping[str, Check]] = {
+        "n_items": count(1),
+        "n_docs": count(2),
+        "n_train_facts": count(0),
+        "answer": one_of("generated", "gold"),
+        "n_causal": count(1),
+        "focus": flag(),
+        "focus_heads": count(1, all_heads),
+        "focus_items": count(1),
+        "focus_steps": count(1),
+        "focus_lr": real(above=0),
+        "focus_scale": real(above=0, maximum=10),
+        "focus_out": output_file(),
+    }
 
     def run(
         self,
@@ -124,7 +152,7 @@ class ContextualAnalyzer(Analyzer):
         prompts=None,
         *,
         progress: Progress = True,
-        n_items: int = 10,
+        n_items: int = N_ITEMS,
         n_docs: int = 5,
         n_train_facts: int = 8,
         answer: str = "generated",
@@ -132,8 +160,8 @@ class ContextualAnalyzer(Analyzer):
         chat: bool = True,
         causal: bool = True,
         top_k: int = 5,
-        draws: int = 3,
-        n_causal: int = 8,
+        draws: int = GENERATION_DRAWS,
+        n_causal: int = N_CAUSAL,
         focus: bool = True,
         focus_heads: int = 3,
         focus_items: int = 6,
@@ -142,18 +170,8 @@ class ContextualAnalyzer(Analyzer):
         focus_scale: float = FOCUS_SCALE,
         focus_out: str | None = None,
         seed: int = 0,
-        **_: Any,
+        quick: bool = False,
     ) -> pd.DataFrame:
-        n_items = check_positive_int("n_items", n_items)
-        n_docs = check_positive_int("n_docs", n_docs, minimum=2)
-        max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
-        top_k = check_positive_int("top_k", top_k)
-        n_causal = check_positive_int("n_causal", n_causal)
-        focus_heads = check_positive_int("focus_heads", focus_heads)
-        if answer not in ("generated", "gold"):
-            raise AnalyzerError(f"answer must be 'generated' or 'gold', got {answer!r}")
-        if not 0 < focus_scale <= 10:
-            raise AnalyzerError(f"focus_scale must be in (0, 10], got {focus_scale}")
         facts, fillers = load_facts()
         train_facts, eval_facts = split_facts(facts, n_train_facts, seed)
         items = as_items(prompts)
@@ -168,9 +186,10 @@ class ContextualAnalyzer(Analyzer):
         per_position: dict[int, list[int]] = {}
         eitems: list[EncodedItem] = []
         outcomes: list[dict[str, Any]] = []
-        with Scan(items, self.name, progress) as scan:
-            for item in scan:
-                ei = encode_item(lm, item, chat=chat)
+        encoded = [encode_item(lm, item, chat=chat) for item in items]  # before any forward
+        check_room(lm, max(ei.enc.n_tokens for ei in encoded), max_new_tokens, self.name)
+        with Scan(list(zip(items, encoded, strict=True)), self.name, progress) as scan:
+            for item, ei in scan:
                 gen = greedy_ids(lm, ei.enc, max_new_tokens)
                 text = lm.tokenizer.decode(gen)
                 correct = is_correct(text, item)
@@ -196,6 +215,7 @@ class ContextualAnalyzer(Analyzer):
             raise AnalyzerError("the model produced no answer tokens on any prompt")
         passed = sum(o["correct"] for o in outcomes)
         means, score_over = aggregate(per_item, counted)
+        relevant_items = torch.stack([d["relevant"] for d in scored(per_item, counted)[0]])
         if answer == "gold":
             score_over = "all prompts (gold answers teacher-forced)"
         accuracy = passed / scan.done
@@ -212,6 +232,7 @@ class ContextualAnalyzer(Analyzer):
                 "max_new_tokens": max_new_tokens,
                 "chat": chat,
                 "seed": seed,
+                "n_causal": n_causal,
                 "task": "user prompts" if user_prompts else "bundled mdqa_facts (eval split)",
             },
             "accuracy": accuracy,
@@ -232,6 +253,7 @@ class ContextualAnalyzer(Analyzer):
                 "score_all_prompts": means["relevant_all_prompts"],
             },
             attrs,
+            per_item=relevant_items,
         )
         if scan.interrupted:
             return df
@@ -242,14 +264,14 @@ class ContextualAnalyzer(Analyzer):
             df.attrs["causal"] = causal_evidence(
                 lm,
                 ranked,
-                lambda m: qa_accuracy(m, held, max_new_tokens),
+                lambda m: qa_hits(m, held, max_new_tokens),
                 metric_name="MDQA accuracy (answer containment, greedy)",
                 **common,
             )
             df.attrs["causal_logprob"] = causal_evidence(
                 lm,
                 ranked,
-                lambda m: answer_logprob(m, held),
+                lambda m: answer_logprobs(m, held),
                 metric_name="gold answer log-prob (nats/token)",
                 **common,
             )

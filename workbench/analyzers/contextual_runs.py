@@ -59,29 +59,44 @@ def answer_span_mass(lm: LoadedModel, ei: EncodedItem, answer_ids: Sequence[int]
     )
 
 
-def qa_accuracy(lm: LoadedModel, eitems: Sequence[EncodedItem], max_new_tokens: int = 24) -> float:
-    """Share of items whose greedy answer contains the gold answer (or an alias)."""
-    hits = 0
+def qa_hits(
+    lm: LoadedModel, eitems: Sequence[EncodedItem], max_new_tokens: int = 24
+) -> list[float]:
+    """1.0 for each item whose greedy answer contains the gold answer (or an alias), else 0.0:
+    the per-item metric of the contextual causal check."""
+    out = []
     for ei in eitems:
         text = lm.tokenizer.decode(greedy_ids(lm, ei.enc, max_new_tokens))
-        hits += is_correct(text, ei.item)
-    return hits / max(len(eitems), 1)
+        out.append(float(is_correct(text, ei.item)))
+    return out
+
+
+def qa_accuracy(lm: LoadedModel, eitems: Sequence[EncodedItem], max_new_tokens: int = 24) -> float:
+    """Share of items whose greedy answer contains the gold answer (or an alias)."""
+    return sum(qa_hits(lm, eitems, max_new_tokens)) / max(len(eitems), 1)
 
 
 @torch.no_grad()
+def _logprob_sum(lm: LoadedModel, ei: EncodedItem) -> float:
+    enc = with_answer(ei, ei.answer_ids)
+    logits = lm.forward(enc)[0].double()
+    rows = answer_rows(ei.n_prompt, len(ei.answer_ids))
+    logp = torch.log_softmax(logits[rows], dim=-1)
+    target = torch.tensor(ei.answer_ids)
+    return float(logp.gather(1, target.view(-1, 1)).sum())
+
+
+def answer_logprobs(lm: LoadedModel, eitems: Sequence[EncodedItem]) -> list[float]:
+    """Mean log-probability (nats per token) of each item's gold answer tokens teacher-forced
+    as the first tokens of the assistant turn: the per-item companion of :func:`qa_hits`."""
+    return [_logprob_sum(lm, ei) / max(len(ei.answer_ids), 1) for ei in eitems]
+
+
 def answer_logprob(lm: LoadedModel, eitems: Sequence[EncodedItem]) -> float:
     """Mean log-probability (nats per token) of the gold answer tokens teacher-forced as the
     first tokens of the assistant turn (a smooth companion of the containment accuracy)."""
-    total, count = 0.0, 0
-    for ei in eitems:
-        enc = with_answer(ei, ei.answer_ids)
-        logits = lm.forward(enc)[0].double()
-        rows = answer_rows(ei.n_prompt, len(ei.answer_ids))
-        logp = torch.log_softmax(logits[rows], dim=-1)
-        target = torch.tensor(ei.answer_ids)
-        total += float(logp.gather(1, target.view(-1, 1)).sum())
-        count += len(ei.answer_ids)
-    return total / max(count, 1)
+    total = sum(_logprob_sum(lm, ei) for ei in eitems)
+    return total / max(sum(len(ei.answer_ids) for ei in eitems), 1)
 
 
 def relevant_mass(
@@ -111,18 +126,26 @@ def item_scores(mass: torch.Tensor, relevant: int) -> dict[str, torch.Tensor]:
     }
 
 
-def aggregate(
+def scored(
     per_item: Sequence[dict[str, torch.Tensor]], counted: Sequence[bool]
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Mean of :func:`item_scores` over the ``counted`` prompts (those answered correctly),
-    or over all prompts when none is counted; also ``relevant_all_prompts`` over all prompts.
-    Returns the means and a note saying which prompts were averaged."""
+) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """The prompts the score averages: the ``counted`` ones (answered correctly), or all
+    prompts when none is counted; and a note saying which."""
     if not per_item:
         raise AnalyzerError("no scored prompts")
     chosen = [d for d, c in zip(per_item, counted, strict=True) if c]
-    note = "correct prompts"
     if not chosen:
-        chosen, note = list(per_item), "all prompts (none answered correctly)"
+        return list(per_item), "all prompts (none answered correctly)"
+    return chosen, "correct prompts"
+
+
+def aggregate(
+    per_item: Sequence[dict[str, torch.Tensor]], counted: Sequence[bool]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Mean of :func:`item_scores` over the prompts of :func:`scored`; also
+    ``relevant_all_prompts`` over all prompts. Returns the means and a note saying which
+    prompts were averaged."""
+    chosen, note = scored(per_item, counted)
     means = {k: torch.stack([d[k] for d in chosen]).mean(0) for k in per_item[0]}
     means["relevant_all_prompts"] = torch.stack([d["relevant"] for d in per_item]).mean(0)
     return means, note
@@ -131,10 +154,13 @@ def aggregate(
 __all__ = [
     "aggregate",
     "answer_logprob",
+    "answer_logprobs",
     "answer_span_mass",
     "greedy_ids",
     "item_scores",
     "qa_accuracy",
+    "qa_hits",
     "relevant_mass",
+    "scored",
     "with_answer",
 ]

@@ -11,14 +11,14 @@ scores of a row and cancels in the softmax, so it is saved as zeros (the interve
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from probes import AttentionCall
-from workbench.analyzers.base import AnalyzerError, check_positive_int
+from probes.checks import integer, number
+from workbench.analyzers.base import AnalyzerError, checked
 from workbench.analyzers.contextual_runs import qa_accuracy, relevant_mass, with_answer
 from workbench.analyzers.mdqa import EncodedItem, answer_rows, encode_item
 from workbench.heads import Head
@@ -139,9 +139,9 @@ def train_focus_directions(
     vector is applied as ``q += scale * d_q``). Per-step losses go to ``history``. Key
     directions are zeros (softmax-invariant, see the module docstring).
     """
-    steps = check_positive_int("steps", steps)
-    if not lr > 0 or not math.isfinite(lr):
-        raise AnalyzerError(f"lr must be > 0, got {lr}")
+    steps = integer("steps", steps, minimum=1, error=AnalyzerError)
+    lr = checked(number, "lr", lr, above=0)
+    scale = checked(number, "scale", scale, above=0)
     head_list = _as_heads(lm, heads)
     eitems = [it if isinstance(it, EncodedItem) else encode_item(lm, it) for it in items]
     if not eitems:

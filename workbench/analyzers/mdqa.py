@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workbench.analyzers.base import AnalyzerError, check_positive_int
+from probes.checks import integer
+from probes.checks import text as check_text
+from workbench.analyzers.base import AnalyzerError
 from workbench.analyzers.prompts import bundled_text
 
 if TYPE_CHECKING:
@@ -111,8 +113,8 @@ def make_items(
     document visits every position. Distractors: ``n_fillers`` filler documents (default
     ``(n_docs - 1) // 2``) and other facts' documents for the rest, in seeded order.
     """
-    n_items = check_positive_int("n_items", n_items)
-    n_docs = check_positive_int("n_docs", n_docs)
+    n_items = integer("n_items", n_items, minimum=1, error=AnalyzerError)
+    n_docs = integer("n_docs", n_docs, minimum=1, error=AnalyzerError)
     if facts is None or fillers is None:
         all_facts, all_fillers = load_facts()
         facts = all_facts if facts is None else facts
@@ -204,8 +206,11 @@ def encode_item(lm: LoadedModel, item: dict[str, Any], *, chat: bool = True) -> 
     for key in ("prompt", "documents", "relevant", "answer"):
         if key not in item:
             raise AnalyzerError(f"MDQA item needs {key!r} (has {sorted(item)})")
-    docs = list(item["documents"])
-    relevant = int(item["relevant"])
+    docs = item["documents"]
+    if isinstance(docs, (str, bytes)) or not isinstance(docs, (list, tuple)):
+        raise AnalyzerError(f"MDQA item 'documents' must be a list of strings, got {docs!r:.60}")
+    docs = [check_text("a document of an MDQA item", d) for d in docs]
+    relevant = integer("MDQA item 'relevant'", item["relevant"], error=AnalyzerError)
     if not docs or not 0 <= relevant < len(docs):
         raise AnalyzerError(f"relevant={relevant} is not a document index (0..{len(docs) - 1})")
     enc = lm.encode(item["prompt"], chat=chat)
@@ -214,7 +219,10 @@ def encode_item(lm: LoadedModel, item: dict[str, Any], *, chat: bool = True) -> 
     if base < 0:
         raise AnalyzerError("the prompt does not appear verbatim in the tokenized text")
     if "doc_chars" in item:
-        chars = [(base + int(a), base + int(b)) for a, b in item["doc_chars"]]
+        chars = [
+            (base + integer("doc_chars", a, minimum=0), base + integer("doc_chars", b, minimum=0))
+            for a, b in item["doc_chars"]
+        ]
     else:
         chars, start = [], base
         for doc in docs:

@@ -30,3 +30,13 @@ def mean_next_token_loss(
         total += float(nll.sum())
         count += int(nll.numel())
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def next_token_losses(
+    lm: LoadedModel, encodings: Sequence[Encoded], start: int | Sequence[int] = 0
+) -> list[float]:
+    """Mean cross-entropy (nats) of predicting each next token, one value per encoding (the
+    per-item metric of a causal check; ``start`` as in :func:`mean_next_token_loss`)."""
+    starts = [start] * len(encodings) if isinstance(start, int) else list(start)
+    return [mean_next_token_loss(lm, [enc], s) for enc, s in zip(encodings, starts, strict=True)]

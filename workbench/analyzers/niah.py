@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from probes.checks import ArgumentError, describe, integer
+from probes.checks import number as check_number
 from workbench.analyzers.prompts import bundled_text
 from workbench.errors import WorkbenchError
 
@@ -213,26 +215,28 @@ def _insertion_point(hay: str, target: int) -> int:
 
 
 def _check_fractions(depths: Sequence[float]) -> list[float]:
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, Iterable):
+        raise NiahError(f"depths must be a list of numbers in [0, 1], got {describe(depths)}")
     out = []
-    for d in depths:
+    for i, d in enumerate(depths):
         try:
-            f = float(d)
-        except (TypeError, ValueError):
-            raise NiahError(f"depths must be numbers in [0, 1], got {d!r}") from None
-        if not 0.0 <= f <= 1.0:
-            raise NiahError(f"depths are fractions of the context in [0, 1], got {d!r}")
-        out.append(f)
+            out.append(
+                check_number(f"depths[{i}] (a fraction of the context)", d, minimum=0, maximum=1)
+            )
+        except ArgumentError as exc:
+            raise NiahError(str(exc)) from None
     if not out:
         raise NiahError("depths is empty; give at least one depth in [0, 1]")
     return out
 
 
 def _check_lengths(lengths: Sequence[int]) -> list[int]:
-    out = []
-    for n in lengths:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise NiahError(f"context lengths must be positive integers (tokens), got {n!r}")
-        out.append(n)
+    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Iterable):
+        raise NiahError(f"lengths must be a list of token counts, got {describe(lengths)}")
+    out = [
+        integer(f"lengths[{i}] (context length in tokens)", n, minimum=1, error=NiahError)
+        for i, n in enumerate(lengths)
+    ]
     if not out:
         raise NiahError("lengths is empty; give at least one context length in tokens")
     return out
@@ -251,8 +255,7 @@ def choose_needles(
             raise NiahError("the needle list is empty")
     if n_needles is None:
         return pool
-    if isinstance(n_needles, bool) or not isinstance(n_needles, int) or n_needles < 1:
-        raise NiahError(f"n_needles must be a positive integer, got {n_needles!r}")
+    n_needles = integer("n_needles", n_needles, minimum=1, error=NiahError)
     if n_needles > len(pool):
         raise NiahError(f"n_needles={n_needles} but only {len(pool)} needles are available")
     return rng.sample(pool, n_needles)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from probes.checks import boolean
 from workbench.analyzers.base import AnalyzerError
 from workbench.analyzers.niah import locate_needle
 from workbench.analyzers.retrieval_rule import PASS_RECALL, answered
@@ -33,10 +34,12 @@ class NiahRun:
     answer_span: tuple[int, int]
 
 
-def _encode_item(
+def encode_test(
     lm: LoadedModel, item: dict[str, Any], chat: bool, system: str | None
 ) -> tuple[Encoded, dict[str, Any]]:
-    chat = bool(item.get("chat", chat))
+    """One NIAH item tokenized (its own ``chat`` / ``system`` fields first) with its needle
+    located; no forward, so a whole test set can be checked before any runs."""
+    chat = boolean("the item's 'chat' field", item.get("chat", chat))
     system = item.get("system", system)
     enc = lm.encode(item["prompt"], chat=chat, system=system)
     where = locate_needle(lm.tokenizer, enc.text, item["needle"], item.get("answer"), chat=chat)
@@ -64,7 +67,7 @@ def run_niah_test(
 ) -> NiahRun:
     """Decode one test greedily; with ``record``, keep every head's argmax key at every step
     through the kernels' statistics probe (one record per decoding step, no L x L maps)."""
-    enc, where = _encode_item(lm, item, chat, system)
+    enc, where = encode_test(lm, item, chat, system)
     argmax = None
     if record:
         with lm.statistics(argmax=True, received=False, entropy=False, distance=False) as st:
@@ -96,6 +99,33 @@ def run_niah_test(
     )
 
 
+def niah_passes(
+    lm: LoadedModel,
+    items: Sequence[dict[str, Any]],
+    *,
+    max_new_tokens: int = 24,
+    chat: bool = True,
+    system: str | None = None,
+    stop_at_newline: bool = True,
+    pass_recall: float = PASS_RECALL,
+) -> list[float]:
+    """1.0 for each of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``),
+    else 0.0: the per-item metric of the retrieval causal check."""
+    out = []
+    for item in items:
+        run = run_niah_test(
+            lm,
+            item,
+            max_new_tokens=max_new_tokens,
+            record=False,
+            chat=chat,
+            system=system,
+            stop_at_newline=stop_at_newline,
+        )
+        out.append(float(answered(item["answer"], run.response, pass_recall)))
+    return out
+
+
 def niah_accuracy(
     lm: LoadedModel,
     items: Sequence[dict[str, Any]],
@@ -107,19 +137,16 @@ def niah_accuracy(
     pass_recall: float = PASS_RECALL,
 ) -> float:
     """Share of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``)."""
-    ok = 0
-    for item in items:
-        run = run_niah_test(
-            lm,
-            item,
-            max_new_tokens=max_new_tokens,
-            record=False,
-            chat=chat,
-            system=system,
-            stop_at_newline=stop_at_newline,
-        )
-        ok += answered(item["answer"], run.response, pass_recall)
-    return ok / max(len(items), 1)
+    passes = niah_passes(
+        lm,
+        items,
+        max_new_tokens=max_new_tokens,
+        chat=chat,
+        system=system,
+        stop_at_newline=stop_at_newline,
+        pass_recall=pass_recall,
+    )
+    return sum(passes) / max(len(items), 1)
 
 
-__all__ = ["NiahRun", "niah_accuracy", "run_niah_test"]
+__all__ = ["NiahRun", "niah_accuracy", "niah_passes", "run_niah_test"]

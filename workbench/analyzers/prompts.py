@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import WorkbenchError
+from probes.checks import ArgumentError, describe
+from workbench.errors import EmptyPromptError, WorkbenchError
 
 PromptItem = dict[str, Any]
 
@@ -18,10 +20,13 @@ class PromptFileError(WorkbenchError):
 
 def load_prompt_file(path: str | Path) -> list[PromptItem]:
     """Read prompts: ``.jsonl`` (one object per line with a ``prompt`` field plus the analyzer's
-    own fields) or any other text file (one prompt per line; blank lines skipped).
+    own fields) or any other text file (one prompt per line; blank lines skipped; a leading
+    UTF-8 byte-order mark dropped).
 
     Prompts are used exactly as given. Errors name the file and the line.
     """
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise PromptFileError(f"path must be the path of a prompt file, got {describe(path)}")
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"prompt file {path} does not exist or is not a file")
@@ -30,6 +35,8 @@ def load_prompt_file(path: str | Path) -> list[PromptItem]:
     except OSError as exc:
         raise PromptFileError(f"cannot read prompt file {path}: {exc}") from None
     items: list[PromptItem] = []
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is no part of the prompt
+        raw = raw[3:]
     for number, raw_line in enumerate(raw.splitlines(), start=1):
         try:
             line = raw_line.decode("utf-8")
@@ -60,22 +67,52 @@ def load_prompt_file(path: str | Path) -> list[PromptItem]:
     return items
 
 
-def as_items(prompts) -> list[PromptItem]:
-    """Accept strings, dicts with ``prompt`` or a file path; return prompt items."""
+PROMPTS_ALLOWED = (
+    "None (the analyzer's own task), a prompt string, a list of prompt strings or of dicts "
+    "with a 'prompt' string, or a pathlib.Path of a prompt file (.txt or .jsonl)"
+)
+
+
+def as_items(prompts: Any) -> list[PromptItem]:
+    """Prompt items from ``prompts``: see :data:`PROMPTS_ALLOWED`. ``None`` gives ``[]``.
+
+    Only a :class:`~pathlib.Path` is read as a file: a string is always a prompt, and a string
+    that looks like nothing but a file name (``"prompts.txt"``) is refused as ambiguous.
+    """
     if prompts is None:
         return []
-    if isinstance(prompts, (str, Path)) and Path(prompts).suffix in (".txt", ".jsonl"):
+    if isinstance(prompts, Path):
         return load_prompt_file(prompts)
     if isinstance(prompts, str):
+        name = prompts.strip()
+        if Path(name).suffix.lower() in (".txt", ".jsonl") and not any(c.isspace() for c in name):
+            raise PromptFileError(
+                f"prompts {prompts!r} looks like a file name: pass pathlib.Path({prompts!r}) to "
+                f"read a prompt file, or [{prompts!r}] to use the text itself as a prompt"
+            )
         prompts = [prompts]
+    if isinstance(prompts, (bytes, Mapping)) or not isinstance(prompts, Iterable):
+        raise ArgumentError(f"prompts must be {PROMPTS_ALLOWED}; got {describe(prompts)}")
     items = []
-    for p in prompts:
-        item = {"prompt": p} if isinstance(p, str) else dict(p)
-        if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
-            raise WorkbenchError(f"empty or missing prompt in prompt set: {p!r:.80}")
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            item = {"prompt": p}
+        elif isinstance(p, Mapping):
+            item = dict(p)
+        else:
+            raise ArgumentError(
+                f"prompts[{i}] must be a prompt string or a dict with a 'prompt' string, "
+                f"got {describe(p)}"
+            )
+        if not isinstance(item.get("prompt"), str):
+            raise ArgumentError(
+                f"prompts[{i}] has no 'prompt' string: {describe(item.get('prompt'))}"
+            )
+        if not item["prompt"].strip():
+            raise EmptyPromptError(f"prompts[{i}] is an empty prompt; give some text")
         items.append(item)
     if not items:
-        raise WorkbenchError("the prompt set is empty")
+        raise WorkbenchError("the prompt set is empty; give at least one prompt")
     return items
 
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from workbench.analyzers.base import AnalyzerError, check_positive_int
+from probes.checks import integer
+from workbench.analyzers.base import AnalyzerError
 from workbench.analyzers.prompts import bundled_text
 from workbench.generation import generate_batch
 from workbench.model_parts import BLOCK_PARTS, borrowed_weights
@@ -160,7 +161,7 @@ def measure_refusal(lm: LoadedModel, prompts: Sequence[str], **generation: Any) 
     """
     for name in ("max_new_tokens", "batch_size"):
         if name in generation:
-            generation[name] = check_positive_int(name, generation[name])
+            generation[name] = integer(name, generation[name], minimum=1, error=AnalyzerError)
     responses = generate_batch(lm, prompts, **generation)
     flags = [is_refusal(r) for r in responses]
     return {

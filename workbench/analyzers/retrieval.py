@@ -12,8 +12,8 @@ the model answers correctly. Heads scoring above 0.1 are retrieval heads.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -24,15 +24,26 @@ from workbench.analyzers.base import (
     AnalyzerError,
     Progress,
     Scan,
-    check_positive_int,
+    check_room,
     head_frame,
     register_analyzer,
     require_done,
     top_heads,
 )
-from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.causal import GENERATION_DRAWS, causal_evidence
 from workbench.analyzers.niah import DEFAULT_DEPTHS, DEFAULT_LENGTHS, NiahError, make_niah_tasks
-from workbench.analyzers.niah_runs import niah_accuracy, run_niah_test
+from workbench.analyzers.niah_runs import encode_test, niah_passes, run_niah_test
+from workbench.analyzers.params import (
+    Check,
+    count,
+    file_or_items,
+    flag,
+    fraction_list,
+    length_list,
+    one_of,
+    real,
+    text_file,
+)
 from workbench.analyzers.prompts import as_items
 from workbench.analyzers.retrieval_rule import (
     PASS_RECALL,
@@ -43,6 +54,13 @@ from workbench.analyzers.retrieval_rule import (
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
+
+
+#: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
+#: keeps the earlier small task (2 needles x 2 lengths x 3 depths = 12 tests, 4 causal tests).
+N_NEEDLES = 8
+CAUSAL_TESTS = 16
+QUICK = {"n_needles": 2, "causal_tests": 4, "draws": 3}
 
 
 def _check_items(items: list[dict[str, Any]]) -> None:
@@ -78,7 +96,8 @@ class RetrievalAnalyzer(Analyzer):
     at step s, head h copies when its argmax key lies in the span and holds the emitted token;
     a test's score is ``copies / |span|``; ``score`` = mean over the tests answered correctly
     (ROUGE-1 recall of the answer > 0.5, the reference code's rule, without stemming; 0 when no
-    test passed). ``span="answer"`` (default) scores against the answer's tokens inside the needle
+    test passed; ``score_lo``/``score_hi``: its bootstrap interval over the passed tests).
+    ``span="answer"`` (default) scores against the answer's tokens inside the needle
     like the reference code (its ``real_needle``); ``span="needle"`` uses the whole needle
     sentence. Argmax positions come from the kernels' statistics probe, one record per decoding
     step; no L x L maps.
@@ -88,13 +107,27 @@ class RetrievalAnalyzer(Analyzer):
     ``attrs``: ``tests_total``, ``tests_passed`` (also ``prompts_used``/``prompts_passed``),
     ``per_length`` / ``per_depth`` pass counts, ``n_retrieval_heads``, ``tests`` (one entry per
     test with its response), ``params``. Causal check: NIAH accuracy on up to ``causal_tests``
-    tests (those the model passes, spread over lengths and depths) with the top-k heads vs k
-    random same-layer heads uniform-ablated (query scaled by 1e-5), ``draws`` random sets.
+    tests (those the model passes, spread over lengths and depths; pass or fail per test) with
+    the top-k heads vs k random same-layer heads uniform-ablated (query scaled by 1e-5),
+    ``draws`` random sets. ``quick``: the small task of :data:`QUICK` (weak evidence).
     """
 
     name = "retrieval"
     summary = "retrieval heads (Wu et al. 2024): copy from a needle during greedy decoding"
     item_fields = ("needle", "answer")
+    quick_params = QUICK
+    checks: ClassVar[Mapping[str, Check]] = {
+        "lengths": length_list(),
+        "depths": fraction_list(),
+        "n_needles": count(1, optional=True),
+        "needles": file_or_items("needles"),
+        "haystack": text_file(),
+        "span": one_of("answer", "needle"),
+        "threshold": real(minimum=0, below=1),
+        "pass_recall": real(minimum=0, below=1),
+        "stop_at_newline": flag(),
+        "causal_tests": count(1),
+    }
 
     def run(
         self,
@@ -104,7 +137,7 @@ class RetrievalAnalyzer(Analyzer):
         progress: Progress = True,
         lengths: Sequence[int] = DEFAULT_LENGTHS,
         depths: Sequence[float] = DEFAULT_DEPTHS,
-        n_needles: int | None = 2,
+        n_needles: int | None = N_NEEDLES,
         needles=None,
         haystack=None,
         seed: int = 0,
@@ -117,19 +150,10 @@ class RetrievalAnalyzer(Analyzer):
         stop_at_newline: bool = True,
         causal: bool = True,
         top_k: int = 5,
-        draws: int = 3,
-        causal_tests: int = 4,
-        **_: Any,
+        draws: int = GENERATION_DRAWS,
+        causal_tests: int = CAUSAL_TESTS,
+        quick: bool = False,
     ) -> pd.DataFrame:
-        max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
-        top_k = check_positive_int("top_k", top_k)
-        draws = check_positive_int("draws", draws)
-        causal_tests = check_positive_int("causal_tests", causal_tests)
-        if span not in ("answer", "needle"):
-            raise AnalyzerError(f"span must be 'answer' or 'needle', got {span!r}")
-        for pname, value in (("threshold", threshold), ("pass_recall", pass_recall)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise AnalyzerError(f"{pname} must be a number in [0, 1), got {value!r}")
         generated = prompts is None
         if generated:
             try:
@@ -151,11 +175,14 @@ class RetrievalAnalyzer(Analyzer):
             if not items:
                 raise AnalyzerError("the prompt set is empty")
             _check_items(items)
+        # every test encoded and its needle located before any forward
+        longest = max(encode_test(lm, it, chat, system)[0].n_tokens for it in items)
+        check_room(lm, longest, max_new_tokens, self.name)
 
         n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
-        passed_sum = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-        hits_sum = torch.zeros_like(passed_sum)
-        all_sum = torch.zeros_like(passed_sum)
+        passed_scores: list[torch.Tensor] = []  # (layers, heads) per passed test
+        hits_sum = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        all_sum = torch.zeros_like(hits_sum)
         tests: list[dict[str, Any]] = []
         passed_idx: list[int] = []
         by_length: dict[str, Counter] = defaultdict(Counter)
@@ -179,7 +206,7 @@ class RetrievalAnalyzer(Analyzer):
                 ok = recall > pass_recall
                 all_sum += score
                 if ok:
-                    passed_sum += score
+                    passed_scores.append(score)
                     hits_sum += events
                     passed_idx.append(i)
                 length = str(item.get("context_length", "n/a"))
@@ -202,8 +229,14 @@ class RetrievalAnalyzer(Analyzer):
                     }
                 )
         require_done(scan, "retrieval")
+        passed_idx = [i for i in passed_idx if i < scan.done]  # a test cut by Ctrl-C: not counted
         n_passed = len(passed_idx)
-        score = passed_sum / n_passed if n_passed else torch.zeros_like(passed_sum)
+        per_item = (
+            torch.stack(passed_scores[:n_passed])
+            if n_passed
+            else torch.zeros(0, n_layers, n_heads, dtype=torch.float64)
+        )
+        score = per_item.mean(0) if n_passed else torch.zeros_like(hits_sum)
         is_retrieval = score > threshold
         attrs: dict[str, Any] = {
             "analyzer": self.name,
@@ -220,6 +253,7 @@ class RetrievalAnalyzer(Analyzer):
                 "pass_rule": f"ROUGE-1 recall of the answer > {pass_recall} (no stemming)",
                 "chat": chat,
                 "stop_at_newline": stop_at_newline,
+                "causal_tests": causal_tests,
             },
             "tests_total": scan.done,
             "tests_passed": n_passed,
@@ -241,6 +275,7 @@ class RetrievalAnalyzer(Analyzer):
                 "score_all_tests": all_sum / scan.done,
             },
             attrs,
+            per_item=per_item,
         )
         if causal and not scan.interrupted and not n_passed:
             df.attrs["causal"] = {
@@ -252,7 +287,7 @@ class RetrievalAnalyzer(Analyzer):
             df.attrs["causal"] = causal_evidence(
                 lm,
                 top_heads(df, top_k),
-                lambda m: niah_accuracy(
+                lambda m: niah_passes(
                     m,
                     subset,
                     max_new_tokens=max_new_tokens,

@@ -36,8 +36,8 @@ restricts the scan.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import torch
@@ -47,14 +47,20 @@ from workbench.analyzers.base import (
     AnalyzerError,
     Progress,
     Scan,
-    check_positive_int,
+    check_room,
     head_frame,
     register_analyzer,
     top_heads,
 )
-from workbench.analyzers.causal import causal_evidence
+from workbench.analyzers.causal import GENERATION_DRAWS, causal_evidence
+from workbench.analyzers.params import Check, count, flag, layer_list, one_of, real, word_list
 from workbench.analyzers.prompts import as_items
-from workbench.analyzers.refusal import harmful_prompts, harmless_prompts, measure_refusal
+from workbench.analyzers.refusal import (
+    harmful_prompts,
+    harmless_prompts,
+    is_refusal,
+    measure_refusal,
+)
 from workbench.distributions import kl_divergence
 from workbench.generation import encode_batch
 from workbench.heads import head_id
@@ -64,6 +70,10 @@ from workbench.layer_suffix import SuffixRunner
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
+
+
+N_PROMPTS = 24  #: default task size, chosen by measurement (analyzers.stability_sizes)
+QUICK = {"n_prompts": 8, "draws": 3}  #: quick mode: the earlier small task
 
 
 def top_singular_basis(matrix: torch.Tensor, rank: int = 1, space: str = "prompts"):
@@ -88,7 +98,7 @@ def principal_angle(a: torch.Tensor, b: torch.Tensor, rank: int = 1, space: str 
 
 
 def _check_heads_scan(lm: LoadedModel, layers: Sequence[int] | None) -> list[tuple[int, int]]:
-    chosen = lm.layout.check_layers(None if layers is None else list(layers))
+    chosen = lm.layout.check_layers(layers)
     return [(layer, h) for layer in chosen for h in range(lm.info.n_heads)]
 
 
@@ -99,7 +109,8 @@ class SafetyAnalyzer(Analyzer):
     Task: harmful requests (default: the first ``n_prompts`` of the bundled
     ``workbench/data/harmful.txt``), chat template applied (``chat=True``, default system
     prompt unless ``system`` is given). ``score`` = Ships, the mean over prompts of
-    KL(p_base || p_ablated) at the last prompt position under uniform ablation (query * eps).
+    KL(p_base || p_ablated) at the last prompt position under uniform ablation (query * eps);
+    ``score_lo``/``score_hi``: its bootstrap interval over the prompts.
     Evidence: ``ships_max`` (max over prompts), ``top1_changed`` (share of prompts whose most
     likely next token changes), ``sahara_angle`` (degrees the head alone rotates the top
     singular vector; pool heads only), ``sahara_order`` (1-based Sahara pick, else NaN).
@@ -107,11 +118,12 @@ class SafetyAnalyzer(Analyzer):
     refuses), ``sahara`` (chosen heads, angle after each step, every candidate's angle per step,
     refusal rates with the set ablated) and ``causal`` (refusal rates, top-k vs random-k).
 
-    Parameters: ``n_prompts`` (8, default task only; user prompts are all used), ``layers``
+    Parameters: ``n_prompts`` (:data:`N_PROMPTS`, default task only; user prompts are all
+    used), ``quick`` (8 prompts and 3 random draws: weak evidence), ``layers``
     (restrict the scan; default all), ``eps`` (1e-5), ``batch_size`` (prompts per forward),
     ``sahara`` / ``sahara_steps`` (3) / ``sahara_pool`` (12 top-Ships heads; None = all scanned)
     / ``sahara_rank`` (1) / ``sahara_space`` ("prompts" as in the authors' code, or "hidden"),
-    ``causal`` / ``top_k`` (5) / ``draws`` (3) / ``seed``, ``n_eval`` (16 held-out harmful
+    ``causal`` / ``top_k`` (5) / ``draws`` (39) / ``seed``, ``n_eval`` (16 held-out harmful
     prompts: the bundled ones after the Ships prompts; and the first 16 harmless ones),
     ``max_new_tokens`` (16, generation length judged by the detector), ``eval_harmful`` /
     ``eval_harmless`` (own evaluation prompts).
@@ -119,6 +131,20 @@ class SafetyAnalyzer(Analyzer):
 
     name = "safety"
     summary = "safety heads: Ships (KL after uniform ablation) and Sahara (Zhou et al. 2025)"
+    quick_params = QUICK
+    checks: ClassVar[Mapping[str, Check]] = {
+        "layers": layer_list(),
+        "eps": real(above=0, below=1),
+        "batch_size": count(1),
+        "sahara": flag(),
+        "sahara_steps": count(0),
+        "sahara_pool": count(1, optional=True),
+        "sahara_rank": count(1),
+        "sahara_space": one_of("prompts", "hidden"),
+        "n_eval": count(1),
+        "eval_harmful": word_list(),
+        "eval_harmless": word_list(),
+    }
 
     def run(
         self,
@@ -126,7 +152,7 @@ class SafetyAnalyzer(Analyzer):
         prompts=None,
         *,
         progress: Progress = True,
-        n_prompts: int = 8,
+        n_prompts: int = N_PROMPTS,
         layers: Sequence[int] | None = None,
         chat: bool = True,
         system: str | None = None,
@@ -139,32 +165,18 @@ class SafetyAnalyzer(Analyzer):
         sahara_space: str = "prompts",
         causal: bool = True,
         top_k: int = 5,
-        draws: int = 3,
+        draws: int = GENERATION_DRAWS,
         seed: int = 0,
         n_eval: int = 16,
         max_new_tokens: int = 16,
         eval_harmful: Sequence[str] | None = None,
         eval_harmless: Sequence[str] | None = None,
-        **_: Any,
+        quick: bool = False,
     ) -> pd.DataFrame:
-        n_prompts = check_positive_int("n_prompts", n_prompts)
-        batch_size = check_positive_int("batch_size", batch_size)
-        top_k = check_positive_int("top_k", top_k)
-        draws = check_positive_int("draws", draws, minimum=0)
-        n_eval = check_positive_int("n_eval", n_eval)
-        max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
-        sahara_steps = check_positive_int("sahara_steps", sahara_steps, minimum=0)
-        sahara_rank = check_positive_int("sahara_rank", sahara_rank)
-        if sahara_space not in ("prompts", "hidden"):
-            raise AnalyzerError(f"sahara_space must be 'prompts' or 'hidden', got {sahara_space!r}")
-        if sahara_pool is not None:
-            sahara_pool = check_positive_int("sahara_pool", sahara_pool)
-            if sahara and sahara_pool < sahara_steps:
-                raise AnalyzerError(
-                    f"sahara_pool ({sahara_pool}) must be >= sahara_steps ({sahara_steps})"
-                )
-        if not 0 < eps < 1:
-            raise AnalyzerError(f"eps must be in (0, 1), got {eps}")
+        if sahara and sahara_pool is not None and sahara_pool < sahara_steps:
+            raise AnalyzerError(
+                f"sahara_pool ({sahara_pool}) must be >= sahara_steps ({sahara_steps})"
+            )
         user_items = as_items(prompts)
         default_task = not user_items
         items = user_items or as_items(harmful_prompts()[:n_prompts])
@@ -193,6 +205,9 @@ class SafetyAnalyzer(Analyzer):
                     "used for Ships? pass eval_harmful=...)"
                 )
 
+        every = [*texts, *harmful_eval, *harmless_eval]  # all encoded before any forward
+        longest = max(lm.encode(t, chat=chat, system=system).n_tokens for t in every)
+        check_room(lm, longest, max_new_tokens, self.name)
         runners = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
@@ -206,6 +221,7 @@ class SafetyAnalyzer(Analyzer):
         n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
         nan = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
         ships, ships_max, flipped = nan.clone(), nan.clone(), nan.clone()
+        per_prompt = torch.full((len(texts), n_layers, n_heads), float("nan"), dtype=torch.float64)
         with Scan(heads, "safety: Ships", progress) as scan:
             for layer, head in scan:
                 kls, flips = [], []
@@ -214,7 +230,8 @@ class SafetyAnalyzer(Analyzer):
                         logp, _ = runner.run(layer)
                         kls.append(kl_divergence(runner.base_logp, logp))
                         flips.append(logp.argmax(-1) != runner.base_logp.argmax(-1))
-                kl = torch.cat(kls)
+                kl = torch.cat(kls).double()
+                per_prompt[:, layer, head] = kl
                 ships[layer, head] = kl.mean()
                 ships_max[layer, head] = kl.max()
                 flipped[layer, head] = torch.cat(flips).double().mean()
@@ -261,6 +278,7 @@ class SafetyAnalyzer(Analyzer):
                 "sahara_order": order_col,
             },
             attrs,
+            per_item=per_prompt,
         )
         if scan.interrupted:
             return df
@@ -282,14 +300,14 @@ class SafetyAnalyzer(Analyzer):
         if causal:
             records: list[dict[str, Any]] = []
 
-            def refusal_metric(model: LoadedModel) -> float:
+            def refusal_metric(model: LoadedModel) -> list[float]:
                 kw = {"max_new_tokens": max_new_tokens, "chat": chat, "system": system}
                 h = measure_refusal(model, harmful_eval, **kw)
                 s = measure_refusal(model, harmless_eval, **kw)
                 records.append(
                     {"harmful": h["rate"], "harmless": s["rate"], "examples": h["responses"][:3]}
                 )
-                return h["rate"]
+                return [float(is_refusal(r)) for r in h["responses"]]
 
             try:
                 evidence = causal_evidence(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -13,21 +13,28 @@ from workbench.analyzers.base import (
     Analyzer,
     Progress,
     Scan,
-    check_positive_int,
     head_frame,
     merge_mean_frames,
     register_analyzer,
     require_done,
     top_heads,
 )
-from workbench.analyzers.causal import causal_evidence
-from workbench.analyzers.metrics import mean_next_token_loss
+from workbench.analyzers.causal import CHEAP_DRAWS, causal_evidence
+from workbench.analyzers.frames import INTERVAL_COLUMNS
+from workbench.analyzers.metrics import next_token_losses
+from workbench.analyzers.params import Check, count, real
 from workbench.analyzers.prompts import as_items, bundled_text
 from workbench.lm import LoadedModel
 from workbench.model_parts import sink_logits
 
 FIRST_TOKEN_THRESHOLD = 0.3  # Gu et al.'s epsilon for the Sink metric
 HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold for non-initial sinks
+#: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes): the
+#: split-half Spearman of the ranking and the causal check's resolution at these sizes are in
+#: the module docstring of stability_sizes; quick mode keeps the earlier small task.
+N_PROMPTS = 32
+CAUSAL_PROMPTS = 16
+QUICK = {"n_prompts": 16, "causal_prompts": 4, "draws": 3}
 
 
 def corpus_windows(lm: LoadedModel, n_prompts: int, n_tokens: int) -> list:
@@ -58,19 +65,34 @@ class SinkAnalyzer(Analyzer):
     and ``learned_sink_logit``, the learned parameter itself.
     ``attrs["hidden_sink_tokens"]``: the tokens most often acting as hidden sinks (token, count
     of (prompt, head) pairs). Read through the kernels' statistics: no L x L maps.
-    Causal check: mean next-token loss on the prompts with the top-k sink heads vs k random
-    same-layer heads zero-ablated.
+    Causal check: next-token loss of each of the first ``causal_prompts`` prompts with the
+    top-k sink heads vs k random same-layer heads zero-ablated (``draws`` random sets).
+    ``score_lo``/``score_hi``: bootstrap interval of the score over prompts.
     """
 
     name = "sinks"
     summary = "first-token sink heads (Gu et al.) and hidden sinks (ACT)"
     shard_rule = "mean"
-    causal_prompts = 4
+    causal_prompts = CAUSAL_PROMPTS
+    quick_params = QUICK
+    checks: ClassVar[Mapping[str, Check]] = {  # sink scores are attention shares in [0, 1]
+        "first_threshold": real(minimum=0, maximum=1),
+        "hidden_threshold": real(minimum=0, maximum=1),
+        "causal_prompts": count(1),
+    }
 
     def default_items(
-        self, lm: LoadedModel, *, n_prompts: int = 16, prompt_tokens: int = 64, **_: Any
+        self,
+        lm: LoadedModel,
+        *,
+        n_prompts: int | None = None,
+        prompt_tokens: int = 64,
+        quick: bool = False,
+        **_: Any,
     ) -> list[Any]:
         """The default task's prompts: consecutive corpus windows."""
+        if n_prompts is None:
+            n_prompts = QUICK["n_prompts"] if quick else N_PROMPTS
         return as_items(corpus_windows(lm, n_prompts, prompt_tokens))
 
     def merge(self, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -83,7 +105,8 @@ class SinkAnalyzer(Analyzer):
         out = merge_mean_frames(flags)
         threshold = float(out.attrs["params"]["first_threshold"])
         is_sink = out["score"] > threshold
-        out.insert(out.columns.get_loc("score") + 1, "is_sink_head", is_sink)
+        after = [c for c in ("score", *INTERVAL_COLUMNS) if c in out.columns]
+        out.insert(out.columns.get_loc(after[-1]) + 1, "is_sink_head", is_sink)
         out.attrs["sink_rate"] = float(is_sink.mean())
         counts: Counter[str] = Counter()
         for frame in frames:
@@ -100,39 +123,40 @@ class SinkAnalyzer(Analyzer):
         prompts=None,
         *,
         progress: Progress = True,
-        n_prompts: int = 16,
+        n_prompts: int = N_PROMPTS,
         prompt_tokens: int = 64,
         first_threshold: float = FIRST_TOKEN_THRESHOLD,
         hidden_threshold: float = HIDDEN_SINK_THRESHOLD,
         causal: bool = True,
         top_k: int = 5,
-        draws: int = 3,
+        draws: int = CHEAP_DRAWS,
+        causal_prompts: int = CAUSAL_PROMPTS,
         seed: int = 0,
         ranking: Sequence[tuple[int, int]] | None = None,
-        **_: Any,
+        quick: bool = False,
     ) -> pd.DataFrame:
-        """``ranking``: heads for the causal check, best first (default: this run's top-k)."""
-        n_prompts = check_positive_int("n_prompts", n_prompts)
-        prompt_tokens = check_positive_int("prompt_tokens", prompt_tokens, minimum=2)
+        """``ranking``: heads for the causal check, best first (default: this run's top-k).
+        ``quick``: the small task of :data:`QUICK` (weak evidence, said in ``attrs``)."""
         items = as_items(prompts) or self.default_items(
             lm, n_prompts=n_prompts, prompt_tokens=prompt_tokens
         )
+        encoded = [lm.encode(item["prompt"]) for item in items]  # checked before any forward
         n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
-        first = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-        hidden_count = torch.zeros_like(first)
-        hidden_max = torch.zeros_like(first)
-        learned = torch.zeros_like(first)
+        first_items: list[torch.Tensor] = []  # (layers, heads) per prompt
+        hidden_count = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        hidden_max = torch.zeros_like(hidden_count)
+        learned = torch.zeros_like(hidden_count)
         has_learned = False
         token_counts: Counter[str] = Counter()
         encodings = []
-        with Scan(items, "sinks", progress) as scan:
-            for item in scan:
+        with Scan(encoded, "sinks", progress) as scan:
+            for enc in scan:
                 enc, rec = lm.run_statistics(
-                    item["prompt"], received=True, entropy=False, argmax=False, distance=False
+                    enc, received=True, entropy=False, argmax=False, distance=False
                 )
                 sink = torch.stack([rec[layer].stats["sink"][0] for layer in range(n_layers)])
                 sink = sink.double()  # (layers, heads, T)
-                first += sink[..., 0]
+                first_items.append(sink[..., 0])
                 later = sink[..., 1:]
                 is_hidden = later > hidden_threshold
                 hidden_count += is_hidden.sum(-1)
@@ -148,7 +172,8 @@ class SinkAnalyzer(Analyzer):
                 encodings.append(enc)
         require_done(scan, "sinks")
         n = scan.done
-        score = first / n
+        per_item = torch.stack(first_items[:n])  # an interrupted prompt is not counted
+        score = per_item.mean(0)
         is_sink = score > first_threshold
         attrs: dict[str, Any] = {
             "analyzer": self.name,
@@ -157,6 +182,7 @@ class SinkAnalyzer(Analyzer):
                 "prompt_tokens": prompt_tokens,
                 "first_threshold": first_threshold,
                 "hidden_threshold": hidden_threshold,
+                "causal_prompts": causal_prompts,
             },
             "sink_rate": float(is_sink.double().mean()),
             "learned_sinks": has_learned,
@@ -175,13 +201,13 @@ class SinkAnalyzer(Analyzer):
             logits = sink_logits(lm.model)  # the parameters behind that mass, from the table
             if logits is not None:
                 evidence["learned_sink_logit"] = torch.stack([x.detach().float() for x in logits])
-        df = head_frame(lm, score, evidence, attrs)
+        df = head_frame(lm, score, evidence, attrs, per_item=per_item)
         if causal and not scan.interrupted:
             df.attrs["causal"] = causal_evidence(
                 lm,
                 top_heads(df, top_k) if ranking is None else [tuple(h) for h in ranking],
-                lambda m: mean_next_token_loss(m, encodings[:4]),
-                metric_name="mean next-token loss (nats)",
+                lambda m: next_token_losses(m, encodings[:causal_prompts]),
+                metric_name=f"next-token loss (nats), {len(encodings[:causal_prompts])} prompts",
                 k=top_k,
                 draws=draws,
                 seed=seed,

@@ -23,6 +23,7 @@ NaN per-item values (an item that does not define a head's value) are skipped in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -234,3 +235,40 @@ def verdict(
     if effect_random > 0:
         return f"top-{k} hurts {effect_top / effect_random:.1f}x more than random-{k} ({p_text})"
     return f"top-{k} hurts, random-{k} does not ({p_text})"
+
+
+#: Size of the top set the split-half stability of a head table compares.
+STABILITY_K = 10
+
+
+def item_uncertainty(
+    per_item: np.ndarray, *, seed: int = 0, k: int = STABILITY_K
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The interval columns and attrs of a head table from its per-item values.
+
+    Args:
+        per_item: ``(n_items, n_layers, n_heads)``; the table's score is their mean over items.
+        seed: seed of the bootstrap and of the random splits.
+        k: top set compared by the split-half stability.
+
+    Returns:
+        ``(lo, hi, attrs)``: :func:`bootstrap_interval` of each head's mean, and
+        ``{"uncertainty": {"level", "resamples", "seed", "items", "method"},
+        "stability": split_half_stability(...)}``.
+    """
+    x = np.asarray(per_item, dtype=np.float64)
+    with warnings.catch_warnings():  # heads with no value at all (NaN) stay NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = bootstrap_interval(x, seed=seed)
+        stability = split_half_stability(x, k=k, seed=seed)
+    attrs = {
+        "uncertainty": {
+            "level": LEVEL,
+            "resamples": RESAMPLES,
+            "seed": int(seed),
+            "items": int(x.shape[0]),
+            "method": "percentile bootstrap of each head's mean over items",
+        },
+        "stability": stability,
+    }
+    return lo, hi, attrs

@@ -22,9 +22,11 @@ from workbench.cli.registry import (
     ENTRY_POINT_GROUP,
     EXIT_USER_ERROR,
     Command,
+    Parser,
     all_commands,
     check_command,
     command,
+    error_line,
     register,
 )
 from workbench.errors import WorkbenchError
@@ -45,7 +47,7 @@ def build_parser(
     line. ``main`` passes the command on the line, so ``workbench --help`` never calls any
     ``add_arguments`` (some of them import the intervention or analyzer tables, hence torch).
     """
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="workbench", description="Attention-head workbench for mechanistic interpretability."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hf_logging.disable_progress_bar()
         return args.func(args)
     except WorkbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,32 +57,126 @@ def load(args: argparse.Namespace) -> LoadedModel:
     return load_model(args.model, dtype=args.dtype, device=device, device_map=device_map)
 
 
-def check_out_file(path: Path, suffix: str) -> Path:
-    """``path`` if it can be written as a ``suffix`` file in an existing folder.
+def _probe_write(folder: Path, option: str, target: Path) -> None:
+    """Create and remove a scratch file in ``folder``: proof that ``target`` can be written
+    there, before any work is spent."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".workbench-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise WorkbenchError(
+            f"{option} {target}: cannot write in folder {folder} ({exc.strerror or exc}); "
+            "choose a folder you can write to"
+        ) from None
+
+
+def check_out_file(path: Path, suffix: str, option: str = "--out") -> Path:
+    """``path`` if a ``suffix`` file can be written there: the folder exists and takes a
+    scratch file (checked now, before any model loads or analyzer runs).
 
     Raises:
-        WorkbenchError: a directory, a missing folder or the wrong suffix.
+        WorkbenchError: the path is a folder, its folder is missing or is a file, the suffix
+            is wrong, or the folder cannot be written.
     """
     if path.is_dir():
-        raise WorkbenchError(f"--out {path} is a directory; give a file name ending in {suffix}")
-    if not path.parent.exists():
-        raise WorkbenchError(f"--out {path}: folder {path.parent} does not exist")
+        raise WorkbenchError(f"{option} {path} is a directory; give a file name ending in {suffix}")
     if path.suffix != suffix:
-        raise WorkbenchError(f"--out {path} must end in {suffix}")
+        raise WorkbenchError(f"{option} {path} must end in {suffix}")
+    folder = path.parent
+    if not folder.exists():
+        raise WorkbenchError(f"{option} {path}: folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise WorkbenchError(f"{option} {path}: {folder} is a file, not a folder")
+    _probe_write(folder, option, path)
     return path
 
 
-def read_prompt_lines(path: str) -> list[str]:
-    """The non-blank lines of a UTF-8 text file (one prompt a line).
+def check_out_dir(path: Path, option: str = "--out") -> Path:
+    """``path`` if a folder can be written there: an existing folder that takes a scratch
+    file, or a new one whose nearest existing parent is a writable folder (nothing is
+    created).
+
+    Raises:
+        WorkbenchError: the path is a file, a parent is a file, or nothing can be written.
+    """
+    if path.exists() and not path.is_dir():
+        raise WorkbenchError(f"{option} {path} is a file; give a folder (new or existing)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise WorkbenchError(f"{option} {path}: {parent} is a file, so no folder can be made there")
+    _probe_write(parent, option, path)
+    return path
+
+
+def _read_text(path: str, what: str) -> str:
+    """The UTF-8 text of ``path``, a leading byte-order mark dropped (``utf-8-sig``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise WorkbenchError(f"{what} {path} does not exist or is not a file")
+    try:
+        return file.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise WorkbenchError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(
+            f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+
+
+def read_prompt_lines(path: str, what: str = "prompt file") -> list[str]:
+    """The non-blank lines of a UTF-8 text file (one prompt a line; a byte-order mark before
+    the first one is dropped). ``what`` names the file in messages (``"--reference file"``).
 
     Raises:
         WorkbenchError: unreadable file or no prompt in it.
     """
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkbenchError(f"cannot read prompt file {path}: {exc}") from None
-    prompts = [line for line in lines if line.strip()]
+    prompts = [line for line in _read_text(path, what).splitlines() if line.strip()]
     if not prompts:
-        raise WorkbenchError(f"prompt file {path} has no prompts (one prompt per line)")
+        raise WorkbenchError(f"{what} {path} has no prompts (one prompt per line)")
     return prompts
+
+
+#: Endings of prompt files: a ``--prompt`` that is one word with one of them is refused.
+PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
+PROMPT_HELP = (
+    "the prompt text itself, tokenized exactly as given; @FILE reads it from FILE (UTF-8, the "
+    "whole file less one final newline), @@TEXT means the text @TEXT. A one-word value ending "
+    "in .txt or .jsonl is refused as ambiguous: write @FILE to read a file"
+)
+
+
+def prompt_text(value: str, option: str = "--prompt") -> str:
+    """The prompt a ``--prompt`` value stands for: ``@FILE`` -> FILE's text, ``@@TEXT`` ->
+    ``@TEXT``, anything else -> itself; a value that looks like a file name (one word ending
+    in ``.txt`` / ``.jsonl``) is refused, so a file name is never tokenized as a prompt and a
+    prompt is never silently read as a file.
+
+    Raises:
+        WorkbenchError: the ambiguous case, an unreadable ``@FILE``, or an empty prompt file.
+    """
+    if value.startswith("@@"):
+        return value[1:]
+    if value.startswith("@"):
+        path = value[1:]
+        if not path:
+            raise WorkbenchError(f"{option} '@': give a file name after @, e.g. @prompt.txt")
+        text = _read_text(path, f"{option} file")
+        text = text[:-1] if text.endswith("\n") else text
+        text = text[:-1] if text.endswith("\r") else text
+        if not text.strip():
+            raise WorkbenchError(f"{option} file {path} is empty; it should hold the prompt text")
+        return text
+    word = value.strip()
+    if not word:
+        raise WorkbenchError(f"{option} is empty; give the prompt text (or @FILE)")
+    if not any(c.isspace() for c in word) and word.lower().endswith(PROMPT_FILE_SUFFIXES):
+        raise WorkbenchError(
+            f"{option} {value!r} looks like a file name, and {option} takes the prompt text "
+            f"itself: write {option} @{word} to read the prompt from that file"
+        )
+    return value

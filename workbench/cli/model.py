@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from workbench.cli.common import add_model_args, check_out_file, load
+from workbench.cli.common import PROMPT_HELP, add_model_args, check_out_file, load, prompt_text
 from workbench.cli.registry import command
 from workbench.errors import WorkbenchError
 
@@ -15,13 +15,31 @@ from workbench.errors import WorkbenchError
 def _info_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--load",
+        action="store_true",
+        help="load the weights too (checks they give finite logits, prints load_seconds); "
+        "without it, a model with safetensors weights is described from its files alone",
+    )
 
 
 @command("info", "describe a model (layers, heads, KV heads, head dim)", _info_arguments)
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print the model's description (layers, heads, KV heads, head dim, load time)."""
-    lm = load(args)
-    info = {**lm.info.as_dict(), "load_seconds": round(lm.load_seconds, 3)}
+    """Print the model's description (layers, heads, KV heads, head dim, parameters).
+
+    From the files alone (config.json and the safetensors headers: a fraction of a second, no
+    torch) unless ``--load``, a dtype/device/device map, or weights that are not safetensors
+    (or the embedded model not yet dequantized) ask for the model itself.
+    """
+    from workbench.model_files import describe_files
+
+    placed = args.dtype != "float32" or args.device is not None or args.device_map is not None
+    described = None if args.load or placed else describe_files(args.model)
+    if described is not None:
+        info = {**described.as_dict(), "weights": "not loaded (--load loads and checks them)"}
+    else:
+        lm = load(args)
+        info = {**lm.info.as_dict(), "load_seconds": round(lm.load_seconds, 3)}
     if args.json:
         print(json.dumps(info))
     else:
@@ -33,7 +51,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _capture_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument("--prompt", required=True, help="prompt text, tokenized exactly as given")
+    p.add_argument("--prompt", required=True, help=PROMPT_HELP)
     p.add_argument("--layer", type=int, required=True, help="0-based layer")
     p.add_argument("--head", type=int, required=True, help="0-based query head")
     p.add_argument("--chat", action="store_true", help="apply the chat template first")
@@ -45,12 +63,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
     """Write one head's (L, L) attention map and the tokens to an ``.npz`` file."""
     import numpy as np
 
+    from probes.checks import integer
+
     out = check_out_file(Path(args.out), ".npz")
+    prompt = prompt_text(args.prompt)
+    integer("--layer", args.layer, minimum=0)  # the model's ranges are checked once it loads
+    integer("--head", args.head, minimum=0)
     lm = load(args)
     lm.head_id(args.layer, args.head)  # range checks with clear messages
-    enc, records = lm.run_capture(
-        args.prompt, chat=args.chat, layers=[args.layer], heads=[args.head]
-    )
+    enc, records = lm.run_capture(prompt, chat=args.chat, layers=[args.layer], heads=[args.head])
     attention = records.map(args.layer, args.head).numpy().astype(np.float32)
     tmp = out.with_name(out.name + ".partial.npz")
     np.savez(tmp, attention=attention, tokens=np.array(enc.tokens, dtype=np.str_))
@@ -62,15 +83,17 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_seqs(text: str, max_context: int) -> list[int]:
-    """``"512,1024"`` -> ``[512, 1024]``, each between 1 and ``max_context``."""
+def parse_seqs(text: str, max_context: int | None = None) -> list[int]:
+    """``"512,1024"`` -> ``[512, 1024]``, each between 1 and ``max_context`` (``None``: not
+    known yet, any length >= 1)."""
     try:
         seqs = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise WorkbenchError(f"--seq {text!r}: give comma-separated token counts") from None
     for n in seqs:
-        if not 1 <= n <= max_context:
-            raise WorkbenchError(f"--seq {n}: must be between 1 and the context {max_context}")
+        if n < 1 or (max_context is not None and n > max_context):
+            limit = f"the context {max_context}" if max_context is not None else "the context"
+            raise WorkbenchError(f"--seq {n}: must be between 1 and {limit}")
     if not seqs:
         raise WorkbenchError("--seq is empty")
     return seqs
@@ -87,8 +110,11 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 @command("bench", "time head statistics against a plain SDPA forward", _bench_arguments)
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time head statistics against a plain SDPA forward (:mod:`workbench.bench`)."""
+    from probes.checks import integer
     from workbench.bench import rows_as_json, run_bench
 
+    parse_seqs(args.seq)  # the syntax, before the model loads
+    integer("--repeat", args.repeat, minimum=1)
     lm = load(args)
     seqs = parse_seqs(args.seq, lm.info.max_context)
     log = None if args.json else print

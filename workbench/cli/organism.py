@@ -27,10 +27,12 @@ def _organism_arguments(p: argparse.ArgumentParser) -> None:
 )
 def cmd_organism(args: argparse.Namespace) -> int:
     """Build or reuse the cached organism; print its folder (stdout) and a hint (stderr)."""
+    from probes.checks import integer
     from workbench.organisms.refusal import build_refusal_organism
 
     if args.steps is not None and args.steps < 1:
         raise WorkbenchError(f"--steps must be >= 1, got {args.steps}")
+    integer("--seed", args.seed, minimum=0, maximum=2**32 - 1)
     options = {} if args.steps is None else {"steps": args.steps}
     start = time.perf_counter()
     path = build_refusal_organism(

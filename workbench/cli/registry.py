@@ -70,6 +70,25 @@ def command(name: str, help: str, add_arguments: AddArguments) -> Callable[[Run]
     return decorate
 
 
+class UsageError(WorkbenchError):
+    """A command line that argparse cannot parse (unknown option, missing value, bad type)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are :class:`UsageError` (printed by ``main`` as one
+    ``error: ...`` line, exit 2) instead of usage text and ``SystemExit``; ``--help`` still
+    prints and exits 0. Subparsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Raise :class:`UsageError` naming the command and pointing at its ``--help``."""
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def error_line(exc: BaseException) -> str:
+    """The one ``error: ...`` line of a user error (line breaks of the message folded)."""
+    return "error: " + " ".join(str(exc).split())
+
+
 def builtin_commands() -> tuple[Command, ...]:
     """The commands registered with :func:`register`, in registration order."""
     return tuple(_BUILTIN.values())

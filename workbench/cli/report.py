@@ -47,8 +47,17 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
         device_map=False,
     )
     p.add_argument("--analyzers", default=None, help="comma-separated names (default: all)")
-    p.add_argument("--prompts", default=None, help="text file (one prompt a line) or JSONL")
-    p.add_argument("--out", required=True, help="report folder (created; resumed when it exists)")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE",
+        help="a file (always a path): text, one prompt a line, or JSONL with a prompt field",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="report folder (created; resumed when it exists; locked while a run writes it)",
+    )
     p.add_argument("--shard-size", type=int, default=4, help="prompts per unit of work")
     p.add_argument("--top-k", type=int, default=5, help="k of the top-k causal checks")
     p.add_argument("--draws", type=int, default=3, help="random-k control sets")
@@ -61,7 +70,13 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="Ray workers (actors)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray worker")
     p.add_argument("--force", action="store_true", help="discard a report made differently")
-    p.add_argument("--no-png", action="store_true", help="skip figures/*.png")
+    p.add_argument(
+        "--figures",
+        default="png",
+        help="formats of the print-size figure files figures/NAME.FMT: a comma list of png, "
+        "svg, pdf (default png), or none",
+    )
+    p.add_argument("--no-png", action="store_true", help="same as --figures none")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
@@ -69,6 +84,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Compute (or resume) the report in ``--out`` and print a one-line summary."""
     from workbench.analyzers import load_prompt_file
+    from workbench.figure_export import figure_formats
     from workbench.report import ReportConfig, run_report
     from workbench.report.plan import ModelSpec
 
@@ -77,8 +93,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise WorkbenchError(f"--out {out} is a file; give a folder (new or a report's)")
-    if args.executor != "ray" and (args.address or args.num_gpus):
-        raise WorkbenchError("--address/--num-gpus need --executor ray")
     prompts = load_prompt_file(args.prompts) if args.prompts else None
     config = ReportConfig(
         models=[ModelSpec(m, args.dtype, args.device or "cpu") for m in (args.model or [None])],
@@ -99,7 +113,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         force=args.force,
         quiet=args.quiet,
-        png=not args.no_png,
+        figures=() if args.no_png else figure_formats(args.figures),
     )
     summary = run_report(config)
     counts = summary["counts"]

@@ -17,29 +17,18 @@ from workbench.errors import WorkbenchError
 def parse_params(analyzer: str, pairs: Sequence[str]) -> dict[str, object]:
     """``KEY=VALUE`` strings -> analyzer parameters (VALUE read as JSON, else as a string).
 
-    Keys are checked against the analyzer's ``run`` signature, so a misspelt parameter is an
-    error instead of being ignored.
+    Keys are not checked here: :func:`check_params` does it with the analyzer's own check.
     """
-    import inspect
-
-    from workbench.analyzers import ANALYZERS
-
-    accepted = {
-        name
-        for name, p in inspect.signature(ANALYZERS[analyzer].run).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "progress"
-    }
     params: dict[str, object] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise WorkbenchError(f"--param {pair!r}: expected KEY=VALUE, e.g. layers=[7,8]")
-        if key not in accepted:
-            raise WorkbenchError(
-                f"--param {key}: {analyzer} has no such parameter; it takes: "
-                + ", ".join(sorted(accepted))
-            )
+        if key == "progress":
+            raise WorkbenchError("--param progress: not a scan parameter; --quiet hides the bar")
+        if key in params:
+            raise WorkbenchError(f"--param {key} is given twice; give each parameter once")
         try:
             params[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -47,11 +36,25 @@ def parse_params(analyzer: str, pairs: Sequence[str]) -> dict[str, object]:
     return params
 
 
+def check_params(analyzer: str, params: dict[str, object]) -> None:
+    """The analyzer's own check of ``params`` (:meth:`Analyzer.check_params`, the one the
+    Python API runs), before the model loads: unknown names (with close matches), types and
+    the ranges that need no model. The model-dependent ranges are checked when it runs."""
+    from workbench.analyzers import get_analyzer
+
+    get_analyzer(analyzer).check_params(None, params)
+
+
 def _scan_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--analyzer", default=None, help="analyzer name (see --list)")
     p.add_argument("--list", action="store_true", help="list analyzers, one a line")
-    p.add_argument("--prompts", default=None, help="text file (one prompt a line) or JSONL")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE",
+        help="a file (always a path): text, one prompt a line, or JSONL with a prompt field",
+    )
     p.add_argument("--top", type=int, default=None, help="k of the top-k causal check")
     p.add_argument("--out", default=None, help="FILE.csv or FILE.parquet")
     p.add_argument(
@@ -66,12 +69,14 @@ def _scan_arguments(p: argparse.ArgumentParser) -> None:
 @command("scan", "run an analyzer over every head, write its table", _scan_arguments)
 def cmd_scan(args: argparse.Namespace) -> int:
     """Score every head with ``--analyzer`` and write the table; print the top heads."""
-    from workbench.analyzers import analyze, get_analyzer, list_analyzers, load_prompt_file
+    if args.list:  # from the catalog: no analyzer (so no torch) is imported
+        from workbench.analyzer_catalog import catalog_list
 
-    if args.list:
-        for name, summary in list_analyzers():
+        for name, summary in catalog_list():
             print(f"{name}\t{summary}")
         return 0
+    from workbench.analyzers import analyze, get_analyzer, load_prompt_file
+
     if not args.analyzer:
         raise WorkbenchError("give --analyzer NAME (see `workbench scan --list`)")
     if not args.out:
@@ -84,7 +89,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     prompts = load_prompt_file(args.prompts) if args.prompts else None
     params = parse_params(args.analyzer, args.param or [])
     if args.top is not None:
+        if "top_k" in params:
+            raise WorkbenchError("--top and --param top_k both given; give one of them")
         params["top_k"] = args.top
+    check_params(args.analyzer, params)
     lm = load(args)
     df = analyze(args.analyzer, lm, prompts, progress=not args.quiet, **params)
     tmp = out.with_name(out.name + ".partial")

@@ -12,6 +12,9 @@ forward and during ``generate`` with a KV cache. Build one by class or by regist
 
 from __future__ import annotations
 
+import inspect
+
+from probes.checks import ArgumentError, boolean, unknown_keywords
 from workbench.interventions.ablation import (
     HeadMeans,
     MeanAblation,
@@ -20,7 +23,13 @@ from workbench.interventions.ablation import (
     ZeroAblation,
     head_means,
 )
-from workbench.interventions.base import Intervention, InterventionError, normalize_heads
+from workbench.interventions.base import (
+    Intervention,
+    InterventionArgumentError,
+    InterventionError,
+    head_pairs,
+    normalize_heads,
+)
 from workbench.interventions.effects import Effects, kl_per_position, measure_effects
 from workbench.interventions.patching import PatchHeads
 from workbench.interventions.spans import char_spans_to_tokens, find_substring_spans
@@ -57,13 +66,26 @@ ABLATION_MODES = ("zero", "mean", "uniform", "scale")
 
 
 def make(name: str, lm: LoadedModel, **params) -> Intervention:
-    """Build the intervention registered as ``name`` with its parameters."""
-    try:
-        cls = INTERVENTIONS[name]
-    except KeyError:
-        raise InterventionError(
+    """Build the intervention registered as ``name`` with its parameters.
+
+    Unknown and missing parameters are refused by name (from the class's own signature)
+    before the intervention is built; its constructor checks the values."""
+    cls = INTERVENTIONS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise InterventionArgumentError(
             f"unknown intervention {name!r}; known: {', '.join(sorted(INTERVENTIONS))}"
-        ) from None
+        )
+    signature = inspect.signature(cls.__init__)
+    taken = [p for p in signature.parameters.values() if p.name not in ("self", "lm")]
+    try:
+        unknown_keywords(f"intervention {name!r}", params, [p.name for p in taken])
+    except ArgumentError as exc:
+        raise InterventionArgumentError(str(exc)) from None
+    missing = [p.name for p in taken if p.default is p.empty and p.name not in params]
+    if missing:
+        raise InterventionArgumentError(
+            f"intervention {name!r} needs parameter(s) {', '.join(missing)}"
+        )
     return cls(lm, **params)
 
 
@@ -78,6 +100,7 @@ def pasta_on_text(
 ) -> Pasta:
     """PASTA emphasizing every occurrence of ``emphasize`` in the prompt as it is tokenized
     (``lm.encode(prompt, chat=chat)``: the chat template's text when ``chat``)."""
+    chat = boolean("chat", chat)
     enc = lm.encode(prompt, chat=chat)
     char_spans = find_substring_spans(enc.text, emphasize)
     spans = char_spans_to_tokens(
@@ -98,6 +121,7 @@ __all__ = [
     "FocusDirections",
     "HeadMeans",
     "Intervention",
+    "InterventionArgumentError",
     "InterventionError",
     "MeanAblation",
     "Pasta",
@@ -109,6 +133,7 @@ __all__ = [
     "char_spans_to_tokens",
     "find_substring_spans",
     "head_means",
+    "head_pairs",
     "kl_per_position",
     "make",
     "measure_effects",

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from probes.checks import boolean, describe, finite_tensor, number
 from workbench.interventions.base import (
     HeadLike,
     Intervention,
-    InterventionError,
+    InterventionArgumentError,
     head_vector,
     scale_queries,
 )
@@ -47,9 +48,7 @@ class ScaleAblation(Intervention):
 
     def __init__(self, lm: LoadedModel, heads: Iterable[HeadLike], factor: float = 0.0) -> None:
         super().__init__(lm, heads)
-        if not torch.isfinite(torch.tensor(float(factor))):
-            raise InterventionError(f"scale factor must be finite, got {factor}")
-        self.factor = float(factor)
+        self.factor = number("factor", factor)
 
     def edit(self, call, heads):
         vec = head_vector(call.n_heads, heads, self.factor, call.query.device, call.query.dtype)
@@ -65,9 +64,7 @@ class UniformAblation(Intervention):
         self, lm: LoadedModel, heads: Iterable[HeadLike], eps: float = UNIFORM_EPS
     ) -> None:
         super().__init__(lm, heads)
-        if not 0 <= eps < 1:
-            raise InterventionError(f"eps must be in [0, 1), got {eps}")
-        self.eps = float(eps)
+        self.eps = number("eps", eps, minimum=0, below=1)
 
     def edit(self, call, heads):
         scale_queries(call, heads, self.eps)
@@ -88,14 +85,19 @@ class HeadMeans:
 
 @torch.no_grad()
 def head_means(lm: LoadedModel, prompts: Sequence[str], *, chat: bool = False) -> HeadMeans:
-    """Compute :class:`HeadMeans` of every head over ``prompts`` (one forward per prompt)."""
-    if isinstance(prompts, str) or not prompts:
-        raise InterventionError("head_means needs a non-empty list of reference prompts")
+    """Compute :class:`HeadMeans` of every head over ``prompts`` (one forward per prompt).
+
+    Every prompt is encoded (and so checked) before the first forward."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+        raise InterventionArgumentError(
+            f"head_means needs a non-empty list of reference prompts, got {describe(prompts)}"
+        )
+    chat = boolean("chat", chat)
     info = lm.info
     total = torch.zeros(info.n_layers, info.n_heads, info.head_dim, dtype=torch.float64)
     n_tokens = 0
-    for prompt in prompts:
-        enc = lm.encode(prompt, chat=chat)
+    encodings = [lm.encode(prompt, chat=chat) for prompt in prompts]
+    for enc in encodings:
         with lm.capture(maps=False, z=True) as cap:
             lm.forward(enc)
         for layer in range(info.n_layers):
@@ -113,16 +115,14 @@ class MeanAblation(Intervention):
         self, lm: LoadedModel, heads: Iterable[HeadLike], means: HeadMeans | None = None
     ) -> None:
         super().__init__(lm, heads)
-        if means is None:
-            raise InterventionError(
-                "mean ablation needs reference means: compute them once with "
-                "workbench.interventions.head_means(lm, reference_prompts) and pass means=..."
+        if not isinstance(means, HeadMeans):
+            raise InterventionArgumentError(
+                "mean ablation needs reference means (HeadMeans): compute them once with "
+                "workbench.interventions.head_means(lm, reference_prompts) and pass means=...; "
+                f"got means={describe(means)}"
             )
         want = (self.layout.n_layers, self.layout.n_heads, self.layout.head_dim)
-        if tuple(means.means.shape) != want:
-            raise InterventionError(
-                f"means have shape {tuple(means.means.shape)}, this model needs {want}"
-            )
+        finite_tensor("means.means", means.means, shape=want)
         self.means = means
 
     def edit_output(self, call, heads, output):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
-from typing import ClassVar
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from probes import AttentionCall, HookSession
+from probes.checks import ArgumentError, describe, integer
+from probes.errors import HeadOutOfRangeError, LayerOutOfRangeError
 from workbench.errors import WorkbenchError
-from workbench.heads import Head, parse_head
+from workbench.heads import Head, parse_heads
 from workbench.lm import LoadedModel
 
 HeadLike = Head | tuple[int, int] | str
@@ -21,21 +23,113 @@ class InterventionError(WorkbenchError):
     """An intervention was given bad parameters (heads, spans, alpha, means...)."""
 
 
-def normalize_heads(layout, heads: Iterable[HeadLike]) -> dict[int, tuple[int, ...]]:
-    """Validate heads (``"L5H3"``, ``(5, 3)`` or :class:`Head`) and group them by layer."""
-    if isinstance(heads, (str, Head)) or (
-        isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(x, int) for x in heads)
+class InterventionArgumentError(InterventionError, ArgumentError):
+    """An intervention argument has the wrong type, range, shape or value."""
+
+
+HEADS_ALLOWED = "head ids such as 'L5H3' (or 'L5H*') or (layer, head) pairs of integers"
+
+
+def _is_pair(item: Any) -> bool:
+    return (
+        isinstance(item, (tuple, list, Head))
+        and len(item) == 2
+        and not any(isinstance(x, (str, bytes, tuple, list)) for x in item)
+    )
+
+
+def _pair(layout, item: Any, where: str) -> tuple[int, int]:
+    """One ``(layer, head)`` pair of integers, checked against ``layout`` when given."""
+    try:
+        layer = integer(f"the layer of {where} {item!r}", item[0])
+        head = integer(f"the head of {where} {item!r}", item[1])
+    except ArgumentError as exc:
+        raise InterventionArgumentError(f"{exc}; give {HEADS_ALLOWED}") from None
+    if layer < 0 or head < 0:
+        raise InterventionArgumentError(
+            f"{where} {item!r} has a negative index; give {HEADS_ALLOWED}"
+        )
+    if layout is not None and layer >= layout.n_layers:
+        raise LayerOutOfRangeError(
+            f"{where}: layer {layer} of L{layer}H{head} is out of range; this model has layers "
+            f"0..{layout.n_layers - 1}"
+        )
+    if layout is not None and head >= layout.n_heads:
+        raise HeadOutOfRangeError(
+            f"{where}: head {head} of L{layer}H{head} is out of range; this model has query "
+            f"heads 0..{layout.n_heads - 1} per layer"
+        )
+    return layer, head
+
+
+def head_pairs(layout, heads: Any, *, name: str = "heads") -> list[tuple[int, int]]:
+    """Checked ``(layer, head)`` pairs, in the order given, repeats dropped.
+
+    ``heads``: one head or an iterable of heads; a head is an id (``"L5H3"``; ``"L5H*"`` is
+    every head of layer 5 when ``layout`` is given; ``"L5H3,L7H1"`` several), a
+    :class:`~workbench.heads.Head` or a ``(layer, head)`` pair of integers (NumPy integers
+    too). Floats (``(5.5, 3)``), booleans, numeric strings and bare integers are refused, and
+    with ``layout`` so are layers and heads outside the model. ``layout=None`` checks types only.
+    """
+    if (
+        heads is None
+        or isinstance(heads, (bytes, dict))
+        or not (isinstance(heads, (str, Iterable)))
     ):
-        heads = [heads]
-    by_layer: dict[int, set[int]] = defaultdict(set)
-    for item in heads:
-        head = parse_head(item) if isinstance(item, str) else Head(*item)
-        layout.check_layers([head.layer])
-        layout.check_heads([head.head])
-        by_layer[head.layer].add(head.head)
-    if not by_layer:
-        raise InterventionError("the head set is empty; name at least one head, e.g. L5H3")
+        raise InterventionArgumentError(
+            f"{name} must be {HEADS_ALLOWED}, or a list of them; got {describe(heads)}"
+        )
+    if isinstance(heads, str) or (isinstance(heads, tuple) and _is_pair(heads)):
+        heads = [heads]  # one head
+    out: list[tuple[int, int]] = []
+    n_heads = None if layout is None else layout.n_heads
+    for i, item in enumerate(heads):
+        where = f"{name}[{i}]"
+        if isinstance(item, str):
+            try:
+                pairs = [tuple(h) for h in parse_heads(item, n_heads)]
+            except WorkbenchError as exc:
+                raise InterventionArgumentError(f"{where}: {exc}") from None
+        elif _is_pair(item):
+            pairs = [item]
+        else:
+            raise InterventionArgumentError(
+                f"{where} must be a head: {HEADS_ALLOWED}; got {describe(item)}"
+            )
+        for pair in pairs:
+            checked = _pair(layout, pair, where)
+            if checked not in out:
+                out.append(checked)
+    if not out:
+        raise InterventionArgumentError(
+            f"{name} is an empty head set; name at least one head, e.g. L5H3"
+        )
+    return out
+
+
+def normalize_heads(layout, heads: Any) -> dict[int, tuple[int, ...]]:
+    """Validate heads (see :func:`head_pairs`) and group them by layer."""
+    by_layer: dict[int, set[int]] = {}
+    for layer, head in head_pairs(layout, heads):
+        by_layer.setdefault(layer, set()).add(head)
     return {layer: tuple(sorted(hs)) for layer, hs in sorted(by_layer.items())}
+
+
+def _checked_init(init: Callable[..., None]) -> Callable[..., None]:
+    """``__init__`` whose argument errors become :class:`InterventionArgumentError` naming the
+    intervention."""
+
+    @functools.wraps(init)
+    def checked(self: Intervention, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ArgumentError as exc:
+            if isinstance(exc, InterventionError):
+                raise
+            raise InterventionArgumentError(f"{type(self).__name__}: {exc}") from None
+
+    checked.__checked__ = True  # type: ignore[attr-defined]
+    return checked
 
 
 class Intervention(HookSession):
@@ -52,7 +146,20 @@ class Intervention(HookSession):
     name: ClassVar[str] = ""
     reentry_error = InterventionError
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Argument errors of a subclass's ``__init__`` name the intervention."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "__checked__", False):
+            cls.__init__ = _checked_init(init)  # type: ignore[method-assign]
+
     def __init__(self, lm: LoadedModel, heads: Iterable[HeadLike]) -> None:
+        """Check ``lm`` and the heads (types and ranges against the model) before anything is
+        attached: a bad head never reaches a forward."""
+        if not isinstance(lm, LoadedModel):
+            raise InterventionArgumentError(
+                f"lm must be a LoadedModel (workbench.load_model()), got {describe(lm)}"
+            )
         self.lm = lm
         self.layout = lm.layout
         self.heads = normalize_heads(self.layout, heads)

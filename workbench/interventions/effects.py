@@ -8,8 +8,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from probes.checks import boolean, describe, integer
+from probes.checks import text as check_text
 from workbench.distributions import kl_from_logits
-from workbench.interventions.base import Intervention, InterventionError
+from workbench.interventions.base import (
+    Intervention,
+    InterventionArgumentError,
+    InterventionError,
+)
 from workbench.lm import LoadedModel
 
 
@@ -31,8 +37,13 @@ kl_per_position = kl_from_logits  # KL(base || new): (..., V) logits -> (...) na
 
 
 def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[tuple[str, int]]:
+    if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence):
+        raise InterventionArgumentError(
+            f"targets must be a list of strings (e.g. [' Paris']), got {describe(targets)}"
+        )
     out = []
-    for t in targets:
+    for i, t in enumerate(targets):
+        check_text(f"targets[{i}]", t)
         ids = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
         if not ids:
             raise InterventionError(f"target {t!r} tokenizes to nothing")
@@ -50,14 +61,48 @@ def measure_effects(
     max_new_tokens: int = 20,
     chat: bool = False,
 ) -> Effects:
-    """Run ``prompts`` with and without ``intervention``; return :class:`Effects`."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    """Run ``prompts`` with and without ``intervention``; return :class:`Effects`.
+
+    Every argument is checked, and every prompt encoded, before the first forward."""
+    if not isinstance(lm, LoadedModel):
+        raise InterventionArgumentError(
+            f"lm must be a LoadedModel (workbench.load_model()), got {describe(lm)}"
+        )
+    if not isinstance(intervention, Intervention):
+        raise InterventionArgumentError(
+            "intervention must be an Intervention, e.g. ZeroAblation(lm, ['L5H3']) or "
+            f"interventions.make('zero', lm, heads=['L5H3']); got {describe(intervention)}"
+        )
+    if intervention.lm is not lm:
+        raise InterventionArgumentError(
+            f"intervention {intervention!r} was built for another model; build it with this lm"
+        )
+    if intervention.active:
+        raise InterventionArgumentError(
+            f"intervention {intervention!r} is already active; measure_effects enters it itself"
+        )
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif isinstance(prompts, bytes) or not isinstance(prompts, Sequence):
+        raise InterventionArgumentError(
+            f"prompts must be a prompt string or a list of them, got {describe(prompts)}"
+        )
+    prompts = list(prompts)
     if not prompts:
-        raise InterventionError("no prompts given")
+        raise InterventionArgumentError("prompts is empty; give at least one prompt")
+    chat = boolean("chat", chat)
+    context = lm.info.max_context
+    max_new_tokens = integer("max_new_tokens", max_new_tokens, minimum=0, maximum=context)
     target_ids = _target_ids(lm, targets)
+    encodings = [lm.encode(prompt, chat=chat) for prompt in prompts]
+    for pi, enc in enumerate(encodings):
+        if enc.n_tokens + max_new_tokens > context:
+            raise InterventionArgumentError(
+                f"prompts[{pi}] has {enc.n_tokens} tokens; with max_new_tokens={max_new_tokens} "
+                f"that exceeds the model's context of {context} tokens"
+            )
     rows, gens = [], []
-    for pi, prompt in enumerate(prompts):
-        enc = lm.encode(prompt, chat=chat)
+    for pi, (prompt, enc) in enumerate(zip(prompts, encodings, strict=True)):
         base = lm.forward(enc)[0]
         with intervention:
             new = lm.forward(enc)[0]

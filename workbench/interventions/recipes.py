@@ -11,9 +11,10 @@ mode names are the registry's keys; :data:`RECIPES` says which options each one 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from probes.checks import ArgumentError, boolean, describe, number, optional, text
 from workbench.errors import WorkbenchError
 from workbench.interventions import (
     ACT_BETA,
@@ -26,7 +27,7 @@ from workbench.interventions import (
     make,
     pasta_on_text,
 )
-from workbench.interventions.base import HeadLike
+from workbench.interventions.base import HeadLike, InterventionArgumentError, head_pairs
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
@@ -93,11 +94,11 @@ def _mean(lm: LoadedModel, heads: list[HeadLike], opts: Options) -> dict[str, An
 
 
 def _scale(lm: LoadedModel, heads: list[HeadLike], opts: Options) -> dict[str, Any]:
-    return {"heads": heads, "factor": 0.0 if opts.factor is None else float(opts.factor)}
+    return {"heads": heads, "factor": 0.0 if opts.factor is None else opts.factor}
 
 
 def _act(lm: LoadedModel, heads: list[HeadLike], opts: Options) -> dict[str, Any]:
-    return {"heads": heads, "beta": ACT_BETA if opts.beta is None else float(opts.beta)}
+    return {"heads": heads, "beta": ACT_BETA if opts.beta is None else opts.beta}
 
 
 def _focus(lm: LoadedModel, heads: list[HeadLike], opts: Options) -> dict[str, Any]:
@@ -109,14 +110,14 @@ def _focus(lm: LoadedModel, heads: list[HeadLike], opts: Options) -> dict[str, A
         )
     return {
         "directions": FocusDirectionSet.load(path),
-        "scale": FOCUS_SCALE if opts.scale is None else float(opts.scale),
+        "scale": FOCUS_SCALE if opts.scale is None else opts.scale,
     }
 
 
 def _pasta(lm: LoadedModel, heads: list[HeadLike], opts: Options) -> dict[str, Any]:
     if not (opts.emphasize or "").strip():
         raise WorkbenchError("PASTA needs the text to emphasize (a substring of the prompt)")
-    alpha = PASTA_ALPHA if opts.alpha is None else float(opts.alpha)
+    alpha = PASTA_ALPHA if opts.alpha is None else opts.alpha
     on_text = pasta_on_text(lm, heads, opts.prompt, opts.emphasize, alpha, chat=opts.chat)
     return {
         "heads": heads,
@@ -160,7 +161,44 @@ def build(
         WorkbenchError: unknown mode, or an option the mode needs is missing (message written
             for the user); the intervention's own checks raise ``InterventionError``.
     """
-    recipe = RECIPES.get(mode)
+    recipe = RECIPES.get(mode) if isinstance(mode, str) else None
     if recipe is None:
-        raise WorkbenchError(f"unknown mode {mode!r}; pick one of {', '.join(RECIPES)}")
-    return make(mode, lm, **recipe.params(lm, list(heads), options or Options()))
+        raise InterventionArgumentError(f"unknown mode {mode!r}; pick one of {', '.join(RECIPES)}")
+    try:
+        opts = check_options(Options() if options is None else options)
+    except ArgumentError as exc:
+        if isinstance(exc, InterventionArgumentError):
+            raise
+        raise InterventionArgumentError(f"{mode}: {exc}") from None
+    if recipe.uses_heads:
+        heads = head_pairs(lm.layout, heads)
+    elif isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+        raise InterventionArgumentError(f"heads must be a list of heads, got {describe(heads)}")
+    return make(mode, lm, **recipe.params(lm, list(heads), opts))
+
+
+def check_options(options: Any) -> Options:
+    """``options`` with every field checked (types, finite numbers) before anything is built:
+    an :class:`Options` whose numbers are floats and whose reference prompts are a list."""
+    if not isinstance(options, Options):
+        raise InterventionArgumentError(f"options must be an Options, got {describe(options)}")
+    if isinstance(options.reference, (str, bytes)) or not isinstance(options.reference, Iterable):
+        raise InterventionArgumentError(
+            f"reference must be a list of prompts (one per line), got {describe(options.reference)}"
+        )
+    reference = [
+        text(f"reference[{i}]", r, allow_empty=True) for i, r in enumerate(options.reference)
+    ]
+    numbers = {
+        name: optional(number, name, getattr(options, name))
+        for name in ("alpha", "beta", "scale", "factor")
+    }
+    return replace(
+        options,
+        prompt=text("prompt", options.prompt, allow_empty=True),
+        chat=boolean("chat", options.chat),
+        reference=reference,
+        emphasize=text("emphasize", options.emphasize, allow_empty=True),
+        focus_path=text("focus_path", options.focus_path, allow_empty=True),
+        **numbers,
+    )

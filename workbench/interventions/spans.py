@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
+from typing import Any
 
-from workbench.interventions.base import InterventionError
+from probes.checks import describe, integer
+from probes.checks import text as check_text
+from workbench.interventions.base import InterventionArgumentError, InterventionError
 
 Span = tuple[int, int]
 
 
+def _span(spans_name: str, index: int, span: Any) -> Span:
+    """One ``(start, end)`` pair of integers (no floats, booleans or strings)."""
+    if isinstance(span, (str, bytes, Mapping)) or not isinstance(span, Sequence) or len(span) != 2:
+        raise InterventionArgumentError(
+            f"{spans_name}[{index}] must be a (start, end) pair of integers, got {describe(span)}"
+        )
+    where = f"{spans_name}[{index}] {tuple(span)!r}"
+    return (
+        integer(f"the start of {where}", span[0], error=InterventionArgumentError),
+        integer(f"the end of {where}", span[1], error=InterventionArgumentError),
+    )
+
+
 def check_spans(spans: Sequence[Span], n_tokens: int, what: str = "token") -> list[Span]:
-    """Sort spans and refuse empty, reversed, out-of-range or overlapping ones."""
-    out = sorted((int(a), int(b)) for a, b in spans)
+    """Sort spans and refuse empty, reversed, out-of-range or overlapping ones, and spans that
+    are not ``(start, end)`` pairs of integers."""
+    name = f"{what} spans"
+    n_tokens = integer(f"the length the {name} refer to", n_tokens, minimum=1)
+    if isinstance(spans, (str, bytes, Mapping)) or not isinstance(spans, Sequence):
+        raise InterventionArgumentError(
+            f"{name} must be a list of (start, end) pairs, got {describe(spans)}"
+        )
+    out = sorted(_span(name, i, span) for i, span in enumerate(spans))
     if not out:
-        raise InterventionError(f"no {what} spans given; mark at least one span of the prompt")
+        raise InterventionArgumentError(
+            f"{name}: no span given; mark at least one span of the prompt"
+        )
     for a, b in out:
         if not 0 <= a < b <= n_tokens:
-            raise InterventionError(
-                f"{what} span ({a}, {b}) is empty or outside the prompt's 0..{n_tokens}"
+            raise InterventionArgumentError(
+                f"{name}: span ({a}, {b}) is empty or outside the prompt's 0..{n_tokens}; "
+                "give start < end within the prompt"
             )
     for (a0, b0), (a1, b1) in pairwise(out):
         if a1 < b0:
-            raise InterventionError(f"{what} spans ({a0}, {b0}) and ({a1}, {b1}) overlap")
+            raise InterventionArgumentError(
+                f"{name}: spans ({a0}, {b0}) and ({a1}, {b1}) overlap; give disjoint spans"
+            )
     return out
 
 
@@ -56,8 +84,11 @@ def char_spans_to_tokens(
 
 def find_substring_spans(text: str, substring: str) -> list[Span]:
     """Character spans of every occurrence of ``substring`` in ``text``."""
-    if not substring:
-        raise InterventionError("the substring to emphasize is empty")
+    check_text("the prompt text", text, allow_empty=True)
+    if not isinstance(substring, str) or not substring:
+        raise InterventionArgumentError(
+            f"the substring to emphasize is empty or not a string: {describe(substring)}"
+        )
     spans, start = [], text.find(substring)
     while start >= 0:
         spans.append((start, start + len(substring)))

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from probes.checks import describe, finite_tensor, integer, number
+from workbench.errors import WorkbenchError
 from workbench.heads import Head, parse_head
-from workbench.interventions.base import HeadLike, Intervention, InterventionError, scale_queries
+from workbench.interventions.base import (
+    HeadLike,
+    Intervention,
+    InterventionArgumentError,
+    InterventionError,
+    head_pairs,
+    scale_queries,
+)
 from workbench.interventions.spans import Span, check_spans
 from workbench.lm import LoadedModel
 
@@ -47,11 +57,11 @@ class Pasta(Intervention):
         alpha: float = PASTA_ALPHA,
     ) -> None:
         super().__init__(lm, heads)
-        if not alpha > 0 or not math.isfinite(alpha):
-            raise InterventionError(f"PASTA alpha must be > 0 (default 0.01), got {alpha}")
-        self.spans = check_spans(spans, n_prompt_tokens)
-        self.n_prompt = int(n_prompt_tokens)
-        self.alpha = float(alpha)
+        self.alpha = number("alpha (PASTA's multiplier, default 0.01)", alpha, above=0)
+        self.n_prompt = integer(
+            "n_prompt_tokens", n_prompt_tokens, minimum=1, maximum=lm.info.max_context
+        )
+        self.spans = check_spans(spans, self.n_prompt)
 
     def edit(self, call, heads):
         n_keys = call.n_keys
@@ -102,14 +112,12 @@ class AttentionCalibration(Intervention):
         sinks: dict[tuple[int, int], list[Tensor]] | None = None,
     ) -> None:
         super().__init__(lm, heads)
-        if not 0 <= beta <= 1:
-            raise InterventionError(f"ACT beta must be in [0, 1] (default 0.4), got {beta}")
-        if not 0 < threshold < 1:
-            raise InterventionError(f"ACT threshold must be in (0, 1), got {threshold}")
-        self.beta = float(beta)
-        self.threshold = float(threshold)
+        self.beta = number("beta (ACT's scale, default 0.4)", beta, minimum=0, maximum=1)
+        self.threshold = number("threshold", threshold, above=0, below=1)
         self.frozen = sinks is not None
-        self.sinks: dict[tuple[int, int], list[Tensor]] = dict(sinks or {})
+        self.sinks: dict[tuple[int, int], list[Tensor]] = (
+            {} if sinks is None else _check_sinks(lm, sinks)
+        )
 
     def reset(self) -> None:
         if not self.frozen:
@@ -165,6 +173,35 @@ class AttentionCalibration(Intervention):
         return out
 
 
+def _check_sinks(lm: LoadedModel, sinks: Any) -> dict[tuple[int, int], list[Tensor]]:
+    """``{(layer, head): [1-D integer tensor of key indices >= 1 per batch item]}``."""
+    if not isinstance(sinks, Mapping):
+        raise InterventionArgumentError(
+            f"sinks must be a dict {{(layer, head): [key indices per batch item]}}, "
+            f"got {describe(sinks)}"
+        )
+    out: dict[tuple[int, int], list[Tensor]] = {}
+    for key, per_item in sinks.items():
+        pairs = head_pairs(lm.layout, [key], name="a key of sinks")
+        if len(pairs) != 1:
+            raise InterventionArgumentError(f"a key of sinks must be one head, got {key!r}")
+        pair = pairs[0]
+        if isinstance(per_item, (str, bytes, Tensor)) or not isinstance(per_item, Sequence):
+            raise InterventionArgumentError(
+                f"sinks[{key!r}] must be a list of key-index tensors (one per batch item), "
+                f"got {describe(per_item)}"
+            )
+        for i, idx in enumerate(per_item):
+            ok = isinstance(idx, Tensor) and idx.dim() == 1 and not idx.is_floating_point()
+            if not ok or (idx.numel() and int(idx.min()) < 1):
+                raise InterventionArgumentError(
+                    f"sinks[{key!r}][{i}] must be a 1-D integer tensor of key indices >= 1, "
+                    f"got {describe(idx)}"
+                )
+        out[pair] = list(per_item)
+    return out
+
+
 def _visible(call, b: int, key_idx: Tensor) -> Tensor:
     """(Lq, S) bool: which of the keys ``key_idx`` each query row of batch item ``b`` sees."""
     pos = torch.arange(call.n_queries, device=key_idx.device) + call.query_offset
@@ -189,9 +226,7 @@ class Temperature(Intervention):
         self, lm: LoadedModel, heads: Iterable[HeadLike], temperature: float = 1.0
     ) -> None:
         super().__init__(lm, heads)
-        if not temperature > 0 or not math.isfinite(temperature):
-            raise InterventionError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = number("temperature", temperature, above=0)
 
     def edit(self, call, heads):
         scale_queries(call, heads, 1.0 / self.temperature)
@@ -226,6 +261,12 @@ class FocusDirectionSet:
     def load(cls, path: str | Path) -> FocusDirectionSet:
         from safetensors import safe_open
 
+        if not isinstance(path, (str, Path)) or not str(path).strip():
+            raise InterventionArgumentError(
+                f"path must be the path of a .safetensors file, got {describe(path)}"
+            )
+        if not Path(path).is_file():
+            raise InterventionError(f"focus directions file {path} does not exist")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -238,7 +279,10 @@ class FocusDirectionSet:
             head_text, _, part = name.rpartition(".")
             if part not in ("q", "k"):
                 raise InterventionError(f"{path}: unexpected tensor {name!r}")
-            head = parse_head(head_text)
+            try:
+                head = parse_head(head_text)
+            except WorkbenchError as exc:
+                raise InterventionError(f"{path}: tensor {name!r}: {exc}") from None
             other = f"{head_text}.{'k' if part == 'q' else 'q'}"
             if other not in tensors:
                 raise InterventionError(f"{path}: {name!r} has no matching {other!r}")
@@ -260,16 +304,25 @@ class FocusDirections(Intervention):
     def __init__(
         self, lm: LoadedModel, directions: FocusDirectionSet, scale: float = FOCUS_SCALE
     ) -> None:
+        if not isinstance(directions, FocusDirectionSet):
+            raise InterventionArgumentError(
+                "directions must be a FocusDirectionSet (FocusDirectionSet.load(path)), "
+                f"got {describe(directions)}"
+            )
+        if not directions.directions:
+            raise InterventionArgumentError("directions holds no focus direction")
         super().__init__(lm, list(directions.directions))
         dim = lm.layout.head_dim
         for head, (dq, dk) in directions.directions.items():
-            if dq.shape != (dim,) or dk.shape != (dim,):
-                raise InterventionError(
-                    f"focus direction of {head.id} has shape {tuple(dq.shape)}, "
-                    f"this model's head_dim is {dim}"
+            if tuple(dq.shape) != (dim,) or tuple(dk.shape) != (dim,):
+                raise InterventionArgumentError(
+                    f"directions: the focus direction of {head.id} has shape "
+                    f"{tuple(dq.shape)}, this model's head_dim is {dim}"
                 )
+            finite_tensor(f"directions[{head.id}] (query direction)", dq)
+            finite_tensor(f"directions[{head.id}] (key direction)", dk)
         self.directions = directions
-        self.scale = float(scale)
+        self.scale = number("scale", scale)
 
     def edit(self, call, heads):
         query = call.query.clone()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from workbench.errors import WorkbenchError
 from workbench.report.plan import ModelSpec, ReportError
 from workbench.report.tasks import Task, execute
 
@@ -187,8 +188,9 @@ class RayExecutor(Executor):
             try:
                 result = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
-                cause = exc.as_instanceof_cause()
-                raise cause from None
+                if isinstance(getattr(exc, "cause", None), WorkbenchError):
+                    raise exc.cause from None  # a user error: its own one-line message
+                raise exc.as_instanceof_cause() from None
             if on_progress is not None:
                 on_progress(task, task.unit.n_prompts, task.unit.n_prompts)
             on_done(task, result)

@@ -69,7 +69,8 @@ class ReportConfig:
     num_gpus: float = 0.0
     force: bool = False
     quiet: bool = False
-    png: bool = True
+    figures: tuple[str, ...] = ("png",)
+    """Formats of the print-size figure files (``figures/<name>.<fmt>``): png, svg, pdf."""
 
     def analyzer_params(self) -> dict[str, Any]:
         """Parameters every analyzer receives."""

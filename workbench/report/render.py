@@ -1,28 +1,28 @@
 """The report's figures: one self-contained HTML file (plotly.js inline, opens offline) and
-PNG copies of the main figures (kaleido driving the system Chromium)."""
+print-size copies of its figures as PNG, SVG and/or PDF (:mod:`workbench.figure_export`:
+kaleido driving the system Chromium)."""
 
 from __future__ import annotations
 
 import html
 import json
-import os
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from workbench.figure_export import find_chromium  # also imported from here by callers
+from workbench.print_layout import SVG_BUTTON
 from workbench.report.store import atomic_write
 from workbench.serialize import jsonable
 
-CHROMIUM_CANDIDATES = (
-    "/usr/bin/chromium",
-    "/usr/bin/chromium-browser",
-    "/usr/bin/google-chrome",
-    "/usr/bin/google-chrome-stable",
-)
+#: Causal panels to a row in the figure files (two fit a double column; the HTML has four).
+PRINT_CAUSAL_PER_ROW = 2
+#: Their rows' spacing (fraction of the plot height): room for two-line tick labels above
+#: the next row's panel titles when a tall grid is shrunk to a page.
+PRINT_CAUSAL_SPACING = 0.14
 
 Results = Mapping[str, Mapping[str, pd.DataFrame]]
 
@@ -114,12 +114,22 @@ def example_figure(example: Mapping[str, Any]):
     return fig
 
 
+def _print_copy(fig, **layout: Any):
+    """A copy of ``fig`` with ``layout`` changes (the print copy of an HTML figure)."""
+    import plotly.graph_objects as go
+
+    out = go.Figure(fig)
+    out.update_layout(**layout)
+    return out
+
+
 def _table(df: pd.DataFrame, cls: str = "tbl") -> str:
     return df.to_html(index=False, classes=cls, border=0, float_format=lambda v: f"{v:.4g}")
 
 
 def _div(fig, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id)
+    config = {"displaylogo": False, "toImageButtonOptions": dict(SVG_BUTTON)}
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=config)
 
 
 STYLE = """
@@ -139,7 +149,9 @@ def render_html(
     summary: Mapping[str, Any],
     top_n: int = 10,
 ) -> dict[str, Any]:
-    """Write the self-contained report; returns the main figures by name (for PNGs)."""
+    """Write the self-contained report; returns its figures by name for the figure files
+    (:func:`write_figures`): ``grid_<analyzer>``, ``atlas``, ``causal`` (laid out for print,
+    :data:`PRINT_CAUSAL_PER_ROW` panels to a row) and ``map_<analyzer>_<j>``."""
     from plotly.offline import get_plotlyjs
 
     from workbench.charts import causal_grid_figure  # plotly is an optional extra
@@ -167,12 +179,14 @@ def render_html(
     parts.append("</div>")
     atlas = atlas_figure(results)
     if atlas is not None:
-        figures["atlas"] = atlas
+        figures["atlas"] = _print_copy(atlas, title="Head atlas: PCA of standardised head features")
         parts += ["<h2 id='atlas'>Head atlas</h2>", _div(atlas, "atlas")]
     parts.append("<h2 id='causal'>Causal evidence</h2>")
     fig = causal_grid_figure(causal)
     if fig is not None:
-        figures["causal"] = fig
+        figures["causal"] = causal_grid_figure(
+            causal, per_row=PRINT_CAUSAL_PER_ROW, vertical_spacing=PRINT_CAUSAL_SPACING
+        )
         parts += [_div(fig, "causal-chart"), _table(causal)]
     else:
         parts.append("<p>No causal checks in this report.</p>")
@@ -190,7 +204,9 @@ def render_html(
         if maps:
             parts.append("<div class='row'>")
             for j, example in enumerate(maps):
-                parts.append(_div(example_figure(example), f"map-{analyzer}-{j}"))
+                fig = example_figure(example)
+                figures[f"map_{analyzer}_{j}"] = fig
+                parts.append(_div(fig, f"map-{analyzer}-{j}"))
             parts.append("</div>")
     parts += [
         "<h2 id='params'>Run parameters</h2>",
@@ -203,44 +219,45 @@ def render_html(
     return figures
 
 
-def find_chromium() -> str | None:
-    """The browser kaleido should drive: ``$BROWSER_PATH``, else a system Chromium/Chrome."""
-    env = os.environ.get("BROWSER_PATH")
-    if env and Path(env).is_file():
-        return env
-    for candidate in CHROMIUM_CANDIDATES:
-        if Path(candidate).is_file():
-            return candidate
-    return shutil.which("chromium") or shutil.which("google-chrome")
+def write_figures(
+    folder: Path,
+    figures: Mapping[str, Any],
+    formats: Iterable[str] | str = ("png",),
+    **options: Any,
+) -> dict[str, Any]:
+    """Print-size copies of ``figures`` as ``folder/<name>.<fmt>`` for each of ``formats``
+    (``png``, ``svg``, ``pdf``; a list or ``"png,svg"``), drawn by kaleido in the system
+    Chromium (never a downloaded one). ``options``: ``width_mm`` (default 183, a double
+    column), ``height_mm``, ``font_pt``, ``dpi`` of :func:`workbench.figure_export.export_figure`.
+
+    Returns ``{"written": [...], "browser": path, "formats": [...]}``, or ``{"skipped":
+    reason}`` when no Chromium/kaleido is here or drawing fails (the tables are never lost
+    for a figure). Bad ``formats`` or ``options`` raise :class:`~workbench.errors.WorkbenchError`.
+    """
+    from workbench.figure_export import (
+        ExportError,
+        export_figures,
+        figure_formats,
+        unavailable_reason,
+    )
+
+    formats = figure_formats(formats)
+    if not formats:
+        return {"skipped": "no figure formats asked for"}
+    reason = unavailable_reason()
+    if reason is not None:
+        return {"skipped": reason}
+    try:
+        paths = export_figures(folder, figures, formats, **options)
+    except ExportError as exc:  # browser / kaleido failures must not lose the tables
+        return {"skipped": str(exc)}
+    return {
+        "written": [p.name for p in paths],
+        "browser": find_chromium(),
+        "formats": list(formats),
+    }
 
 
 def write_pngs(folder: Path, figures: Mapping[str, Any]) -> dict[str, Any]:
-    """PNG copies of ``figures`` via kaleido and the system Chromium (never downloaded).
-    Returns ``{"written": [...]}`` or ``{"skipped": reason}``."""
-    browser = find_chromium()
-    if browser is None:
-        return {"skipped": "no Chromium/Chrome found (set BROWSER_PATH)"}
-    try:
-        import kaleido  # noqa: F401
-        import plotly.io as pio
-    except ImportError:
-        return {"skipped": "kaleido is not installed (pip install 'attention-workbench[report]')"}
-    os.environ["BROWSER_PATH"] = browser
-    folder.mkdir(parents=True, exist_ok=True)
-    names = list(figures)
-    tmp = [folder / f".{n}.tmp.png" for n in names]
-    try:
-        figs = [figures[n] for n in names]
-        pio.write_images(  # each at its layout's size (kaleido's default is 700 x 500)
-            figs,
-            tmp,
-            width=[f.layout.width or 900 for f in figs],
-            height=[f.layout.height or 600 for f in figs],
-        )
-    except Exception as exc:  # kaleido / browser failures must not lose the tables
-        for t in tmp:
-            t.unlink(missing_ok=True)
-        return {"skipped": f"kaleido failed with {browser}: {exc}"}
-    for n, t in zip(names, tmp, strict=True):
-        os.replace(t, folder / f"{n}.png")
-    return {"written": [f"{n}.png" for n in names], "browser": browser}
+    """PNG copies of ``figures`` at print size (:func:`write_figures` with ``png`` only)."""
+    return write_figures(folder, figures, ("png",))

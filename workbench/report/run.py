@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from workbench.analyzers import ANALYZERS, Analyzer, get_analyzer, top_heads
+from workbench.analyzers import Analyzer, get_analyzer, top_heads
 from workbench.report import assemble, render
+from workbench.report.checks import check_config
 from workbench.report.executors import Executor, make_executor
+from workbench.report.lock import folder_lock
 from workbench.report.plan import (
     AnalyzerPlan,
     ModelSpec,
     ReportConfig,
-    ReportError,
     Unit,
     fingerprint,
     split,
@@ -68,36 +69,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def check_config(config: ReportConfig) -> None:
-    """User errors caught before any model loads."""
-    if not config.models:
-        raise ReportError("no model given")
-    if not config.analyzers:
-        raise ReportError("no analyzer given")
-    unknown = [a for a in config.analyzers if a not in ANALYZERS]
-    if unknown:
-        raise ReportError(
-            f"unknown analyzer(s) {', '.join(map(repr, unknown))}; known: "
-            f"{', '.join(sorted(ANALYZERS))}"
-        )
-    if len(set(config.analyzers)) != len(config.analyzers):
-        raise ReportError("--analyzers lists an analyzer twice")
-    keys = [m.key for m in config.models]
-    if len(set(keys)) != len(keys):
-        raise ReportError(f"two --model values map to the same id: {keys}")
-    for name, value, low in (
-        ("--shard-size", config.shard_size, 1),
-        ("--top-k", config.top_k, 1),
-        ("--draws", config.draws, 1),
-        ("--examples", config.examples, 0),
-    ):
-        if value < low:
-            raise ReportError(f"{name} must be >= {low}, got {value}")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} is a file; give a folder (new or a report's)")
 
 
 def _default_items(
@@ -223,7 +194,12 @@ class Report:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Compute what is missing, write every output; returns the summary."""
+        """Compute what is missing, write every output; returns the summary. The folder is
+        locked for the whole run (:func:`workbench.report.lock.folder_lock`)."""
+        with folder_lock(self.root):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         config = self.config
         driver_models: dict[ModelSpec, LoadedModel] = {}
@@ -373,14 +349,16 @@ class Report:
         }
         figures = render.render_html(self.root / "report.html", results, causal, examples, summary)
         self.timings["html_s"] = round(time.perf_counter() - t0, 3)
-        if config.png:
+        if config.figures:
             t1 = time.perf_counter()
-            summary["png"] = render.write_pngs(self.root / "figures", figures)
-            self.timings["png_s"] = round(time.perf_counter() - t1, 3)
-            if "skipped" in summary["png"]:
-                log.warning("PNG figures skipped: %s", summary["png"]["skipped"])
+            summary["figures"] = render.write_figures(
+                self.root / "figures", figures, config.figures
+            )
+            self.timings["figures_s"] = round(time.perf_counter() - t1, 3)
+            if "skipped" in summary["figures"]:
+                log.warning("figure files skipped: %s", summary["figures"]["skipped"])
         else:
-            summary["png"] = {"skipped": "--no-png"}
+            summary["figures"] = {"skipped": "--figures none"}
         summary["timings"] = dict(self.timings)
         atomic_write(self.root / "summary.json", dump_json(summary))
         log.info("wrote %s (report.html, heads.parquet/csv, evidence/, summary.json)", self.root)

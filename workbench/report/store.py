@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.report.lock import LOCK_NAME
 from workbench.report.plan import ReportError
 from workbench.serialize import jsonable
 
@@ -91,7 +92,7 @@ class Store:
                     "another --out, or add --force to discard it"
                 )
             self.clear()
-        elif self.root.is_dir() and any(self.root.iterdir()):
+        elif self.root.is_dir() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
             if not force:
                 raise ReportError(
                     f"{self.root} is not empty and holds no report ({MANIFEST} missing); choose "

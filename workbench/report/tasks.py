@@ -42,35 +42,36 @@ class Task:
 def execute(task: Task, lm: LoadedModel, progress: ProgressFn | None = None) -> Any:
     """Compute ``task`` on the loaded model ``lm``: a DataFrame for table units, the causal
     dict for causal units, a list of example maps for example units."""
-    from workbench.analyzers import analyze
+    from workbench.analyzers import analyze, get_analyzer
 
     kind, name = task.unit.kind, task.unit.analyzer
+    if kind == "examples":
+        return example_maps(lm, task.items[0]["prompt"] if task.items else "", task.heads)
+    # The report gives every analyzer the same options (top_k, draws, seed, n_prompts...);
+    # each gets the ones its run takes (an analyzer refuses parameters it does not take).
+    params = get_analyzer(name).select(task.params)
 
     def callback(desc: str, done: int, total: int) -> None:
         if progress is not None:
             progress(done, total)
 
     if kind == "shard":
-        return analyze(name, lm, task.items, progress=callback, **task.params, causal=False)
+        return analyze(name, lm, task.items, progress=callback, **params, causal=False)
     if kind == "single":
-        return analyze(name, lm, task.items, progress=callback, **task.params)
+        return analyze(name, lm, task.items, progress=callback, **params)
     if kind == "frames":
-        return analyze(
-            name, lm, task.items, progress=callback, frames=task.frames or {}, **task.params
-        )
+        return analyze(name, lm, task.items, progress=callback, frames=task.frames or {}, **params)
     if kind == "causal":
         df = analyze(
             name,
             lm,
             task.items,
             progress=callback,
-            **task.params,
+            **params,
             causal=True,
             ranking=task.ranking,
         )
         return df.attrs.get("causal")
-    if kind == "examples":
-        return example_maps(lm, task.items[0]["prompt"] if task.items else "", task.heads)
     raise ValueError(f"unknown unit kind {kind!r}")
 
 
