@@ -20,8 +20,23 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true")
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse a port outside 1..65535 or a host that does not resolve, before the model
+    loads (a bad address would otherwise fail only after the load)."""
+    import socket
+
+    from probes.checks import integer
+
+    integer("--port", port, minimum=1, maximum=65535)
+    try:
+        socket.getaddrinfo(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise WorkbenchError(f"--host {host!r} is no address to bind: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve the app (:func:`app.server.serve`) until interrupted."""
+    check_address(args.host, args.port)
     try:
         from app.server import serve
     except ModuleNotFoundError as exc:

@@ -36,6 +36,7 @@ __all__ = [
     "boolean",
     "choice",
     "describe",
+    "encodable",
     "finite_tensor",
     "index_list",
     "integer",
@@ -43,6 +44,7 @@ __all__ = [
     "optional",
     "text",
     "unknown_keywords",
+    "writable_folder",
 ]
 
 
@@ -56,6 +58,20 @@ def describe(value: Any) -> str:
     if len(text_) > 80:
         text_ = text_[:77] + "..."
     return f"{text_} ({type(value).__name__})"
+
+
+def _is_boolean(value: Any) -> bool:
+    """A Python, NumPy or tensor boolean (``torch.tensor(True)`` included)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and str(dtype) in ("torch.bool", "bool")
+
+
+def _not_scalar(value: Any) -> bool:
+    """An array or tensor with dimensions (``tensor([3])``): not one number, even if it holds
+    one (``operator.index`` and ``float`` would unwrap a one-element tensor silently)."""
+    return getattr(value, "ndim", 0) != 0
 
 
 def _range_text(minimum: float | None, maximum: float | None) -> str:
@@ -82,7 +98,7 @@ def integer(
     strings and everything else.
     """
     allowed = f"an integer{_range_text(minimum, maximum)}"
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if _is_boolean(value) or _not_scalar(value):
         raise error(f"{name} must be {allowed}, got {describe(value)}")
     try:
         out = operator.index(value)
@@ -117,11 +133,13 @@ def number(
     allowed = ("a finite number" if finite else "a number") + (
         f" {' and '.join(parts)}" if parts else ""
     )
-    if isinstance(value, (bool, str, bytes)) or value is None:
+    if isinstance(value, (str, bytes)) or value is None or _is_boolean(value):
+        raise ArgumentError(f"{name} must be {allowed}, got {describe(value)}")
+    if _not_scalar(value):
         raise ArgumentError(f"{name} must be {allowed}, got {describe(value)}")
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ArgumentError(f"{name} must be {allowed}, got {describe(value)}") from None
     if hasattr(value, "numel") and value.numel() != 1:  # a tensor of several values
         raise ArgumentError(f"{name} must be {allowed}, got a tensor of shape {tuple(value.shape)}")
@@ -159,8 +177,23 @@ def text(name: str, value: Any, *, allow_empty: bool = False) -> str:
     """``value`` if it is a ``str`` (non-blank unless ``allow_empty``)."""
     if not isinstance(value, str):
         raise ArgumentError(f"{name} must be a string, got {describe(value)}")
+    encodable(name, value)
     if not allow_empty and not value.strip():
         raise ArgumentError(f"{name} is empty; give a non-empty string")
+    return value
+
+
+def encodable(name: str, value: str) -> str:
+    """``value`` if it can be written as UTF-8: lone surrogates (what Python makes of bytes
+    that are not UTF-8 on a command line or in a file read with ``surrogateescape``) are no
+    text a tokenizer can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ArgumentError(
+            f"{name} is not valid text: character {exc.object[exc.start : exc.end]!r} at "
+            f"position {exc.start} cannot be encoded as UTF-8 (was the input UTF-8?)"
+        ) from None
     return value
 
 
@@ -311,3 +344,21 @@ def device(name: str, value: Any, *, check_available: bool = True) -> Any:
 
 
 __all__ += ["device", "span"]
+
+
+def writable_folder(name: str, folder: Any, target: Any = None) -> None:
+    """Create and remove a scratch file in ``folder``: proof that ``target`` (named in the
+    message, default the folder) can be written there, before any work is spent. A real write,
+    not ``os.access``, which says yes to root on read-only mounts such as ``/proc``."""
+    import os
+    import tempfile
+
+    try:
+        fd, scratch = tempfile.mkstemp(prefix=".workbench-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as exc:
+        raise ArgumentError(
+            f"{name} {target if target is not None else folder}: cannot write in folder "
+            f"{folder} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None

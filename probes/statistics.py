@@ -64,7 +64,11 @@ class StatisticsSpec:
         for name in ("received", "entropy", "argmax", "distance", "lse"):
             checks.boolean(name, getattr(self, name))
         spans = self.spans
-        if isinstance(spans, (str, bytes)) or not hasattr(spans, "__iter__"):
+        if (
+            isinstance(spans, (str, bytes))
+            or not hasattr(spans, "__iter__")
+            or getattr(spans, "ndim", 1) == 0  # a 0-d array or tensor: iterating it fails
+        ):
             raise ProbeError(
                 f"spans must be a list of (start, end) pairs, got {checks.describe(spans)}"
             )

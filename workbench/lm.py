@@ -25,6 +25,7 @@ from probes.checks import (
     ArgumentError,
     boolean,
     describe,
+    encodable,
     integer,
     optional,
     text,
@@ -146,6 +147,7 @@ class LoadedModel:
             return prompt
         if not isinstance(prompt, str):
             raise ArgumentError(f"prompt must be a string, got {describe(prompt)}")
+        encodable("prompt", prompt)
         if not prompt.strip():
             raise EmptyPromptError("the prompt is empty; give some text to run the model on")
         system = optional(text, "system", system, allow_empty=True)

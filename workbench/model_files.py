@@ -174,8 +174,13 @@ def resolve_source(name: str | os.PathLike | None) -> tuple[str, str]:
         return EMBEDDED_NAME, str(ensure_embedded_cache())
     if not name.strip():
         raise ModelNotFoundError("empty model name; give a Hugging Face id or a local folder")
+    checks.encodable("model name", name)
     path = Path(name).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ModelNotFoundError(f"model name {name[:60]!r}... is no usable path: {exc}") from None
+    if exists:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
                 f"model folder {path} has no config.json; point at a folder written by "
@@ -186,7 +191,7 @@ def resolve_source(name: str | os.PathLike | None) -> tuple[str, str]:
 
     try:
         cached = try_to_load_from_cache(name, "config.json")
-    except ValueError:  # not even a valid hub id (HFValidationError): a missing folder
+    except (ValueError, OSError):  # not even a valid hub id (HFValidationError): a missing folder
         cached = None
     if not isinstance(cached, str):
         raise ModelNotFoundError(

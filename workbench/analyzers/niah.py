@@ -250,9 +250,11 @@ def choose_needles(
     if needles is None or isinstance(needles, (str, Path)):
         pool = load_needles(needles)
     else:
-        pool = [_as_needle(n, f"needle {i}") for i, n in enumerate(needles)]
+        pool = [_as_needle(n, f"needles[{i}]") for i, n in enumerate(needles)]
         if not pool:
-            raise NiahError("the needle list is empty")
+            raise NiahError(
+                "needles is an empty list; give at least one needle (or None for the bundled set)"
+            )
     if n_needles is None:
         return pool
     n_needles = integer("n_needles", n_needles, minimum=1, error=NiahError)

@@ -28,6 +28,7 @@ from probes.checks import (
     integer,
     number,
     text,
+    writable_folder,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +58,11 @@ def _allow_none(check: Check, optional: bool) -> Check:
 
 def _items(name: str, value: Any, what: str) -> list[Any]:
     """The elements of a list-like ``value`` (not a string, bytes or mapping)."""
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+    if (
+        isinstance(value, (str, bytes, Mapping))
+        or not isinstance(value, Iterable)
+        or getattr(value, "ndim", 1) == 0  # a 0-d array or tensor: iterating it fails
+    ):
         raise ArgumentError(f"{name} must be a list of {what}, got {describe(value)}")
     return list(value)
 
@@ -180,9 +185,15 @@ def file_or_items(what: str) -> Check:
     """``None``, a path (``str`` or :class:`~pathlib.Path`) or a list of ``what``."""
 
     def check(name: str, value: Any, lm: LoadedModel | None) -> Any:
-        if value is None or isinstance(value, (str, Path)):
+        if value is None:
             return value
-        if isinstance(value, (bytes, Mapping)) or not isinstance(value, Iterable):
+        if isinstance(value, (str, Path)):
+            return existing_file(name, value)
+        if (
+            isinstance(value, (bytes, Mapping))
+            or not isinstance(value, Iterable)
+            or getattr(value, "ndim", 1) == 0
+        ):
             raise ArgumentError(
                 f"{name} must be None, a file path or a list of {what}, got {describe(value)}"
             )
@@ -191,15 +202,25 @@ def file_or_items(what: str) -> Check:
     return check
 
 
+def existing_file(name: str, value: str | Path) -> str | Path:
+    """``value`` if it names an existing file (a clear error for a missing one, a folder, or
+    a name the file system cannot take)."""
+    try:
+        ok = Path(value).is_file()
+    except (OSError, ValueError) as exc:
+        raise ArgumentError(f"{name}: {str(value)[:60]!r} is no usable file path ({exc})") from None
+    if not ok:
+        raise ArgumentError(f"{name}: file {str(value)[:200]!r} does not exist or is not a file")
+    return value
+
+
 def text_file(*, optional: bool = True) -> Check:
     """The path (``str`` or :class:`~pathlib.Path`) of an existing file."""
 
     def check(name: str, value: Any, lm: LoadedModel | None) -> Path:
         if not isinstance(value, (str, Path)) or not str(value).strip():
             raise ArgumentError(f"{name} must be a file path, got {describe(value)}")
-        if not Path(value).is_file():
-            raise ArgumentError(f"{name}: {str(value)!r} does not exist or is not a file")
-        return Path(value)
+        return Path(existing_file(name, value))
 
     return _allow_none(check, optional)
 
@@ -216,7 +237,8 @@ def output_file(*, optional: bool = True) -> Check:
             raise ArgumentError(f"{name}: {str(value)!r} is a folder; give a file path")
         if not folder.is_dir():
             raise ArgumentError(f"{name}: the folder {str(folder)!r} does not exist")
-        if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        writable_folder(name, folder, path)
+        if path.exists() and not os.access(path, os.W_OK):
             raise ArgumentError(f"{name}: {str(value)!r} is not writable")
         return str(value)
 

@@ -91,7 +91,11 @@ def as_items(prompts: Any) -> list[PromptItem]:
                 f"read a prompt file, or [{prompts!r}] to use the text itself as a prompt"
             )
         prompts = [prompts]
-    if isinstance(prompts, (bytes, Mapping)) or not isinstance(prompts, Iterable):
+    if (
+        isinstance(prompts, (bytes, Mapping))
+        or not isinstance(prompts, Iterable)
+        or getattr(prompts, "ndim", 1) == 0  # a 0-d array or tensor: iterating it fails
+    ):
         raise ArgumentError(f"prompts must be {PROMPTS_ALLOWED}; got {describe(prompts)}")
     items = []
     for i, p in enumerate(prompts):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from probes.checks import writable_folder
 from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
@@ -58,19 +58,8 @@ def load(args: argparse.Namespace) -> LoadedModel:
 
 
 def _probe_write(folder: Path, option: str, target: Path) -> None:
-    """Create and remove a scratch file in ``folder``: proof that ``target`` can be written
-    there, before any work is spent."""
-    import tempfile
-
-    try:
-        fd, name = tempfile.mkstemp(prefix=".workbench-write-check-", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise WorkbenchError(
-            f"{option} {target}: cannot write in folder {folder} ({exc.strerror or exc}); "
-            "choose a folder you can write to"
-        ) from None
+    """Proof that ``target`` can be written in ``folder``, before any work is spent."""
+    writable_folder(option, folder, target)
 
 
 def check_out_file(path: Path, suffix: str, option: str = "--out") -> Path:

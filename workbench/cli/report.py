@@ -94,8 +94,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise WorkbenchError(f"--out {out} is a file; give a folder (new or a report's)")
     prompts = load_prompt_file(args.prompts) if args.prompts else None
+    formats = figure_formats(args.figures)  # checked even when --no-png drops them
     config = ReportConfig(
-        models=[ModelSpec(m, args.dtype, args.device or "cpu") for m in (args.model or [None])],
+        models=[
+            ModelSpec(m, args.dtype, "cpu" if args.device is None else args.device)
+            for m in (args.model or [None])
+        ],
         analyzers=analyzers,
         out=str(out),
         prompts=prompts,
@@ -113,7 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         force=args.force,
         quiet=args.quiet,
-        figures=() if args.no_png else figure_formats(args.figures),
+        figures=() if args.no_png else formats,
     )
     summary = run_report(config)
     counts = summary["counts"]

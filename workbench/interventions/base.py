@@ -75,6 +75,7 @@ def head_pairs(layout, heads: Any, *, name: str = "heads") -> list[tuple[int, in
         heads is None
         or isinstance(heads, (bytes, dict))
         or not (isinstance(heads, (str, Iterable)))
+        or getattr(heads, "ndim", 1) == 0  # a 0-d array or tensor: iterating it fails
     ):
         raise InterventionArgumentError(
             f"{name} must be {HEADS_ALLOWED}, or a list of them; got {describe(heads)}"

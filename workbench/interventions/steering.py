@@ -192,7 +192,11 @@ def _check_sinks(lm: LoadedModel, sinks: Any) -> dict[tuple[int, int], list[Tens
                 f"got {describe(per_item)}"
             )
         for i, idx in enumerate(per_item):
-            ok = isinstance(idx, Tensor) and idx.dim() == 1 and not idx.is_floating_point()
+            ok = (
+                isinstance(idx, Tensor)
+                and idx.dim() == 1
+                and idx.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+            )
             if not ok or (idx.numel() and int(idx.min()) < 1):
                 raise InterventionArgumentError(
                     f"sinks[{key!r}][{i}] must be a 1-D integer tensor of key indices >= 1, "
@@ -311,6 +315,16 @@ class FocusDirections(Intervention):
             )
         if not directions.directions:
             raise InterventionArgumentError("directions holds no focus direction")
+        for head, pair in directions.directions.items():
+            if not isinstance(head, Head) or not (
+                isinstance(pair, tuple)
+                and len(pair) == 2
+                and all(isinstance(t, Tensor) for t in pair)
+            ):
+                raise InterventionArgumentError(
+                    "directions must map workbench.Head keys to (query direction, key direction) "
+                    f"tensor pairs, got {describe(head)}: {describe(pair)}"
+                )
         super().__init__(lm, list(directions.directions))
         dim = lm.layout.head_dim
         for head, (dq, dk) in directions.directions.items():
