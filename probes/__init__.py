@@ -12,8 +12,7 @@ Public API:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from probes.errors import (
     CaptureTooLargeError,
@@ -24,6 +23,7 @@ from probes.errors import (
     RecordNotFoundError,
     WorkbenchError,
 )
+from probes.lazy import lazy_exports
 
 #: Where each lazily imported public name lives: importing ``probes`` (or ``probes.errors``,
 #: which every front-end needs for its error type) must not import torch or transformers.
@@ -63,14 +63,7 @@ if TYPE_CHECKING:
     from probes.statistics import Statistics, StatisticsSpec
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'probes' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports("probes", _LAZY)
 
 
 __all__ = [

@@ -10,9 +10,9 @@ Quick start::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from probes.lazy import lazy_exports
 from workbench.errors import (
     CaptureTooLargeError,
     CorruptWeightsError,
@@ -44,14 +44,7 @@ if TYPE_CHECKING:
     from workbench.models import ModelInfo
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'workbench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports("workbench", _LAZY)
 
 
 __all__ = [
