@@ -3,8 +3,9 @@
 The app imports only the public ``workbench`` API. One loaded model is shared read-only by all
 sessions (loading per request would be far too slow): :func:`get_model` keeps it in a
 module-level cache keyed by model name that is filled once and never changed per session.
-Forward passes run in background callbacks (:class:`dash.DiskcacheManager`), in processes forked
-from the server, so the page stays responsive and jobs can report progress and be cancelled.
+Forward passes run in background callbacks (:class:`app.job_manager.JobManager`), in daemonic
+processes forked from the server, so the page stays responsive and jobs can report progress and
+be cancelled.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import diskcache
 import workbench
 from app import views
 from app.context import AppContext
+from app.job_manager import JobManager
 from app.page import make_layout
 from app.state import SessionStore
 from app.views import prompt
@@ -64,7 +66,7 @@ def create_app(
     """
     root = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="workbench-app-"))
     root.mkdir(parents=True, exist_ok=True)
-    manager = dash.DiskcacheManager(diskcache.Cache(str(root / "jobs")))
+    manager = JobManager(diskcache.Cache(str(root / "jobs")))
     store = SessionStore(str(root / "sessions"))
     app = dash.Dash(
         __name__,

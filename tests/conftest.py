@@ -13,6 +13,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.manual_seed(0)
 
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Kill any process a test left behind (an app job, a server), so the run always exits:
+    a stuck child once kept CI waiting past its limit after every test had finished."""
+    import psutil
+
+    leftovers = psutil.Process().children(recursive=True)
+    for child in leftovers:
+        try:
+            print(f"\nkilling a leftover child process: {child.pid} {child.name()}", flush=True)
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftovers, timeout=5)
+
+
 SHORT_PROMPT = "The quick brown fox jumps over the lazy dog. The quick brown fox"
 
 

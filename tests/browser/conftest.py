@@ -66,10 +66,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def wb_app(lm, tmp_path):
-    """A fresh app (own job/session cache) around the shared test model."""
+    """A fresh app (own job/session cache) around the shared test model; its jobs are killed
+    afterwards, so a stuck job can fail its test but never outlive it."""
     from app.server import create_app
 
-    return create_app(lm, cache_dir=tmp_path / "app-cache", job_threads=1)
+    app = create_app(lm, cache_dir=tmp_path / "app-cache", job_threads=1)
+    yield app
+    app._background_manager.terminate_all()
 
 
 @pytest.fixture

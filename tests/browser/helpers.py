@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -33,7 +35,22 @@ def wait_until(check: Callable[[], object], timeout: float = JOB_TIMEOUT, what: 
         except Exception as exc:  # stale elements while React re-renders
             last_exc = exc
         time.sleep(0.25)
+    dump_job_stacks()
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last_exc!r})")
+
+
+def dump_job_stacks() -> None:
+    """Ask every child process (the app's job processes) to print its Python stack to stderr
+    (``app.jobs.setup_worker`` registers SIGUSR1 for that), so a timed-out wait shows where a
+    job stood."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        if "chrom" in child.name():
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child.pid, signal.SIGUSR1)
+    time.sleep(1.0)
 
 
 def text_of(browser, selector: str) -> str:
