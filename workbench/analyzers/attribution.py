@@ -80,6 +80,7 @@ from workbench.analyzers.logit_attribution import (
     head_z,
     logit_diff,
     metric_value,
+    metric_values,
 )
 from workbench.analyzers.params import Check, count, flag, head_list, metric_check, one_of
 from workbench.analyzers.prompts import as_items
@@ -90,7 +91,7 @@ if TYPE_CHECKING:
 
 #: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
 #: keeps the earlier task (the six hand-written prompts).
-N_PROMPTS = 32
+N_PROMPTS = 96
 CAUSAL_PROMPTS = 32
 QUICK = {"causal_prompts": len(DEFAULT_TASK), "draws": 3}  # and the six prompts of DEFAULT_TASK
 
@@ -290,9 +291,10 @@ class AttributionAnalyzer(Analyzer):
                 (int(a), int(b)) for a, b in zip(ranked["layer"], ranked["head"], strict=True)
             ]
             subset = done[:causal_prompts]
+            inputs, fns = [e[1].input_ids for e in subset], [e[3] for e in subset]
 
             def item_metric(model: LoadedModel) -> list[float]:
-                return [float(metric_value(model, e[1].input_ids, e[3])) for e in subset]
+                return metric_values(model, inputs, fns)
 
             df.attrs["causal"] = causal_evidence(
                 lm,

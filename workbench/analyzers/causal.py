@@ -34,10 +34,11 @@ Metric = Callable[[Any], "float | Sequence[float]"]
 """``metric(lm)``: the task metric of every item (a sequence), or one number for the task."""
 
 #: Random draws of the causal checks whose metric is a few forwards (losses, logit
-#: differences): the smallest p-value they allow is 1 / (draws + 1) = 0.01.
-CHEAP_DRAWS = 99
-#: Random draws of the causal checks that generate text (accuracy, refusal): 1/40 = 0.025.
-GENERATION_DRAWS = 39
+#: differences): the smallest p-value they allow is 1 / (draws + 1) = 0.025.
+CHEAP_DRAWS = 39
+#: Random draws of the causal checks that generate text (accuracy, refusal): the fewest that
+#: let the p-value go below 0.05 (1 / 21 = 0.048: no random set may hurt as much as the top-k).
+GENERATION_DRAWS = 20
 
 
 def random_heads_like(

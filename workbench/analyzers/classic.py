@@ -32,8 +32,8 @@ from workbench.lm import LoadedModel
 
 #: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
 #: keeps the earlier small task.
-N_PROMPTS = 32
-CAUSAL_PROMPTS = 16
+N_PROMPTS = 12
+CAUSAL_PROMPTS = 8
 QUICK = {"n_prompts": 8, "causal_prompts": 4, "draws": 3}
 
 

@@ -86,8 +86,8 @@ if TYPE_CHECKING:
 
 #: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
 #: keeps the earlier small task.
-N_ITEMS = 32
-N_CAUSAL = 16
+N_ITEMS = 24
+N_CAUSAL = 8
 QUICK = {"n_items": 10, "n_causal": 8, "draws": 3}
 
 

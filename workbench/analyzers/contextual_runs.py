@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from transformers import StoppingCriteria
 
 from workbench.analyzers.base import AnalyzerError
 from workbench.analyzers.mdqa import EncodedItem, answer_rows, is_correct
-from workbench.generation import greedy_generate
-from workbench.lm import Encoded
+from workbench.generation import greedy_generate, pad_id
+from workbench.lm import Encoded, kernel_errors_translated
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
@@ -59,15 +60,42 @@ def answer_span_mass(lm: LoadedModel, ei: EncodedItem, answer_ids: Sequence[int]
     )
 
 
+BATCH = 8  # prompts per batched greedy generation of the causal check
+
+
+class AnswerFound(StoppingCriteria):
+    """Stop a row once its new tokens contain the item's answer: containment cannot be undone
+    by later tokens, so the outcome of :func:`qa_hits` is that of the full decode."""
+
+    def __init__(self, tokenizer, items: Sequence[dict], start: int) -> None:
+        self.tokenizer, self.items, self.start = tokenizer, list(items), start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        done = [is_correct(t, item) for t, item in zip(texts, self.items, strict=True)]
+        return torch.tensor(done, device=input_ids.device)
+
+
 def qa_hits(
     lm: LoadedModel, eitems: Sequence[EncodedItem], max_new_tokens: int = 24
 ) -> list[float]:
     """1.0 for each item whose greedy answer contains the gold answer (or an alias), else 0.0:
-    the per-item metric of the contextual causal check."""
+    the per-item metric of the contextual causal check. Generates :data:`BATCH` prompts at a
+    time (left-padded, as :func:`greedy_ids` cuts each at its first special token), a row
+    stopping once it holds the answer (:class:`AnswerFound`)."""
+    special = set(lm.tokenizer.all_special_ids)
     out = []
-    for ei in eitems:
-        text = lm.tokenizer.decode(greedy_ids(lm, ei.enc, max_new_tokens))
-        out.append(float(is_correct(text, ei.item)))
+    for start in range(0, len(eitems), BATCH):
+        chunk = list(eitems[start : start + BATCH])
+        width = max(ei.enc.n_tokens for ei in chunk)  # new tokens start after the left padding
+        stop = [AnswerFound(lm.tokenizer, [ei.item for ei in chunk], width)]
+        rows = greedy_generate(
+            lm, [ei.enc for ei in chunk], max_new_tokens=max_new_tokens, stop=stop
+        )
+        for ei, row in zip(chunk, rows, strict=True):
+            ids = row.tolist()
+            cut = next((i for i, t in enumerate(ids) if t in special), len(ids))
+            out.append(float(is_correct(lm.tokenizer.decode(ids[:cut]), ei.item)))
     return out
 
 
@@ -86,10 +114,26 @@ def _logprob_sum(lm: LoadedModel, ei: EncodedItem) -> float:
     return float(logp.gather(1, target.view(-1, 1)).sum())
 
 
+@torch.no_grad()
 def answer_logprobs(lm: LoadedModel, eitems: Sequence[EncodedItem]) -> list[float]:
     """Mean log-probability (nats per token) of each item's gold answer tokens teacher-forced
-    as the first tokens of the assistant turn: the per-item companion of :func:`qa_hits`."""
-    return [_logprob_sum(lm, ei) / max(len(ei.answer_ids), 1) for ei in eitems]
+    as the first tokens of the assistant turn: the per-item companion of :func:`qa_hits`.
+    :data:`BATCH` items per forward, right-padded (the causal mask hides the padding)."""
+    out: list[float] = []
+    for start in range(0, len(eitems), BATCH):
+        chunk = list(eitems[start : start + BATCH])
+        seqs = [with_answer(ei, ei.answer_ids).input_ids[0] for ei in chunk]
+        ids = torch.full((len(chunk), max(len(s) for s in seqs)), pad_id(lm.tokenizer))
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = seq
+        with kernel_errors_translated("forward"):
+            logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
+        for row, ei in enumerate(chunk):
+            rows = answer_rows(ei.n_prompt, len(ei.answer_ids))
+            logp = torch.log_softmax(logits[row, rows].double(), dim=-1)
+            total = float(logp.gather(1, torch.tensor(ei.answer_ids).view(-1, 1)).sum())
+            out.append(total / max(len(ei.answer_ids), 1))
+    return out
 
 
 def answer_logprob(lm: LoadedModel, eitems: Sequence[EncodedItem]) -> float:

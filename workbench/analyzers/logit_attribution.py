@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from probes import AttentionCall, HookSession
 from workbench.analyzers.base import AnalyzerError
 from workbench.architectures import norm_eps
+from workbench.generation import pad_id
 from workbench.interventions import HeadMeans, Intervention, MeanAblation, ZeroAblation
 from workbench.interventions.base import HeadLike
 from workbench.interventions.patching import PatchHeads
@@ -172,6 +173,29 @@ def _run(lm: LoadedModel, input_ids: Tensor) -> Tensor:
 def metric_value(lm: LoadedModel, input_ids: Tensor, metric: MetricFn) -> float:
     """The metric on one forward pass (interventions active around the call apply)."""
     return float(metric(_run(lm, input_ids)[0, -1].double()))
+
+
+BATCH = 16  # prompts per forward of metric_values
+
+
+@torch.no_grad()
+def metric_values(
+    lm: LoadedModel, inputs: Sequence[Tensor], metrics: Sequence[MetricFn]
+) -> list[float]:
+    """:func:`metric_value` of each ``(input_ids, metric)`` pair, :data:`BATCH` prompts per
+    forward, right-padded (under the causal mask a prompt's last position never sees the
+    padding after it): the per-item metric of the attribution causal check."""
+    out: list[float] = []
+    for first in range(0, len(inputs), BATCH):
+        chunk = [x.reshape(-1) for x in inputs[first : first + BATCH]]
+        lengths = [int(x.numel()) for x in chunk]
+        ids = torch.full((len(chunk), max(lengths)), pad_id(lm.tokenizer), dtype=torch.long)
+        for row, x in enumerate(chunk):
+            ids[row, : lengths[row]] = x
+        logits = _run(lm, ids)
+        for row, n in enumerate(lengths):
+            out.append(float(metrics[first + row](logits[row, n - 1].double())))
+    return out
 
 
 @torch.no_grad()
@@ -330,4 +354,5 @@ __all__ = [
     "head_z",
     "logit_diff",
     "metric_value",
+    "metric_values",
 ]

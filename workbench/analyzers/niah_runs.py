@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from workbench.lm import Encoded, LoadedModel
 
 
+BATCH = 8  # tests per batched greedy decoding of the causal check
+
+
 @dataclass
 class NiahRun:
     """One needle test decoded greedily: the response, emitted ids, spans and per-step argmax."""
@@ -99,6 +102,19 @@ def run_niah_test(
     )
 
 
+def length_batches(lengths: Sequence[int], size: int, spread: float = 1.25) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of at most ``size``, shortest first, a batch never
+    holding a prompt more than ``spread`` times as long as its shortest (little padding)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        last = batches[-1] if batches else None
+        if last and len(last) < size and lengths[i] <= spread * lengths[last[0]]:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def niah_passes(
     lm: LoadedModel,
     items: Sequence[dict[str, Any]],
@@ -110,19 +126,18 @@ def niah_passes(
     pass_recall: float = PASS_RECALL,
 ) -> list[float]:
     """1.0 for each of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``),
-    else 0.0: the per-item metric of the retrieval causal check."""
-    out = []
-    for item in items:
-        run = run_niah_test(
-            lm,
-            item,
-            max_new_tokens=max_new_tokens,
-            record=False,
-            chat=chat,
-            system=system,
-            stop_at_newline=stop_at_newline,
+    else 0.0: the per-item metric of the retrieval causal check. Decodes :data:`BATCH` tests of
+    similar length at a time (left-padded greedy decoding, each row stopping at its newline)."""
+    encs = [encode_test(lm, item, chat, system)[0] for item in items]
+    stop = [StopAtNewline(lm.tokenizer)] if stop_at_newline else None
+    out = [0.0] * len(items)
+    for chunk in length_batches([enc.n_tokens for enc in encs], BATCH):
+        rows = greedy_generate(
+            lm, [encs[i] for i in chunk], max_new_tokens=max_new_tokens, stop=stop
         )
-        out.append(float(answered(item["answer"], run.response, pass_recall)))
+        for i, row in zip(chunk, rows, strict=True):
+            response = lm.tokenizer.decode(row, skip_special_tokens=True).strip()
+            out[i] = float(answered(items[i]["answer"], response, pass_recall))
     return out
 
 
@@ -149,4 +164,4 @@ def niah_accuracy(
     return sum(passes) / max(len(items), 1)
 
 
-__all__ = ["NiahRun", "niah_accuracy", "niah_passes", "run_niah_test"]
+__all__ = ["NiahRun", "length_batches", "niah_accuracy", "niah_passes", "run_niah_test"]

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 #: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
 #: keeps the earlier small task (2 needles x 2 lengths x 3 depths = 12 tests, 4 causal tests).
 N_NEEDLES = 8
-CAUSAL_TESTS = 16
+CAUSAL_TESTS = 6
 QUICK = {"n_needles": 2, "causal_tests": 4, "draws": 3}
 
 

@@ -19,8 +19,8 @@ Language Model Safety", ICLR 2025, arXiv:2410.13708).
 * Causal evidence: refusal rate (greedy generations judged by
   :func:`workbench.analyzers.refusal.is_refusal`) on held-out harmful prompts with nothing
   ablated, the top-k Ships heads uniform-ablated, and k random same-layer heads ablated
-  (``df.attrs["causal"]``, plus the harmless prompts' refusal rate under the same ablations in
-  ``df.attrs["causal"]["harmless"]``), and with the Sahara set ablated
+  (``df.attrs["causal"]``, with the harmless prompts' refusal rate with nothing, the top-k and
+  the first 3 random sets ablated in ``["harmless"]``), and with the Sahara set ablated
   (``df.attrs["sahara"]["refusal"]``).
 
 The embedded SmolLM2-135M-Instruct hardly refuses, so the analysis is meant for a model that
@@ -72,8 +72,9 @@ if TYPE_CHECKING:
     from workbench.lm import LoadedModel
 
 
-N_PROMPTS = 24  #: default task size, chosen by measurement (analyzers.stability_sizes)
+N_PROMPTS = 8  #: default task size, chosen by measurement (analyzers.stability_sizes)
 QUICK = {"n_prompts": 8, "draws": 3}  #: quick mode: the earlier small task
+HARMLESS_DRAWS = 3  #: random sets whose harmless-prompt refusal rate is measured too
 
 
 def top_singular_basis(matrix: torch.Tensor, rank: int = 1, space: str = "prompts"):
@@ -123,7 +124,7 @@ class SafetyAnalyzer(Analyzer):
     (restrict the scan; default all), ``eps`` (1e-5), ``batch_size`` (prompts per forward),
     ``sahara`` / ``sahara_steps`` (3) / ``sahara_pool`` (12 top-Ships heads; None = all scanned)
     / ``sahara_rank`` (1) / ``sahara_space`` ("prompts" as in the authors' code, or "hidden"),
-    ``causal`` / ``top_k`` (5) / ``draws`` (39) / ``seed``, ``n_eval`` (16 held-out harmful
+    ``causal`` / ``top_k`` (5) / ``draws`` (20) / ``seed``, ``n_eval`` (16 held-out harmful
     prompts: the bundled ones after the Ships prompts; and the first 16 harmless ones),
     ``max_new_tokens`` (16, generation length judged by the detector), ``eval_harmful`` /
     ``eval_harmless`` (own evaluation prompts).
@@ -300,12 +301,17 @@ class SafetyAnalyzer(Analyzer):
         if causal:
             records: list[dict[str, Any]] = []
 
-            def refusal_metric(model: LoadedModel) -> list[float]:
+            def refusal_metric(model: LoadedModel, harmless: bool = False) -> list[float]:
                 kw = {"max_new_tokens": max_new_tokens, "chat": chat, "system": system}
                 h = measure_refusal(model, harmful_eval, **kw)
-                s = measure_refusal(model, harmless_eval, **kw)
+                # harmless prompts: base, top-k and the first HARMLESS_DRAWS random sets only
+                s = (
+                    measure_refusal(model, harmless_eval, **kw)["rate"]
+                    if harmless or len(records) < 2 + HARMLESS_DRAWS
+                    else None
+                )
                 records.append(
-                    {"harmful": h["rate"], "harmless": s["rate"], "examples": h["responses"][:3]}
+                    {"harmful": h["rate"], "harmless": s, "examples": h["responses"][:3]}
                 )
                 return [float(is_refusal(r)) for r in h["responses"]]
 
@@ -328,7 +334,8 @@ class SafetyAnalyzer(Analyzer):
                 "metric": "refusal rate on harmless prompts",
                 "base": records[0]["harmless"],
                 "top_k": records[1]["harmless"],
-                "random_k": [r["harmless"] for r in records[2:]],
+                "random_k": [r["harmless"] for r in records[2 : 2 + HARMLESS_DRAWS]],
+                "random_draws": min(draws, HARMLESS_DRAWS),
             }
             evidence["examples"] = {
                 "base": records[0]["examples"],
@@ -340,7 +347,7 @@ class SafetyAnalyzer(Analyzer):
             df.attrs["causal"] = evidence
             if sahara_heads:
                 with UniformAblation(lm, sahara_heads, eps=eps):
-                    refusal_metric(lm)
+                    refusal_metric(lm, harmless=True)
                 df.attrs["sahara"]["refusal"] = {
                     "harmful": records[-1]["harmful"],
                     "harmless": records[-1]["harmless"],

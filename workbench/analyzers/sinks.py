@@ -32,8 +32,8 @@ HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold for non-initial sinks
 #: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes): the
 #: split-half Spearman of the ranking and the causal check's resolution at these sizes are in
 #: the module docstring of stability_sizes; quick mode keeps the earlier small task.
-N_PROMPTS = 32
-CAUSAL_PROMPTS = 16
+N_PROMPTS = 16
+CAUSAL_PROMPTS = 8
 QUICK = {"n_prompts": 16, "causal_prompts": 4, "draws": 3}
 
 
