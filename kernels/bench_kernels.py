@@ -1,9 +1,10 @@
 """Side-by-side timings at SmolLM2-135M layer shapes (B=1, H=9, Hkv=3, D=64, fp32, causal).
 
 Run: ``python -m kernels.bench_kernels [--lengths 1024 4096] [--repeats 7] [--threads N]
-[--peak 32768]``.
+[--device cuda --dtype bfloat16] [--peak 32768]``.
 
-Prints, per length, plain ``F.scaled_dot_product_attention`` (GQA), our output-only call,
+Prints, per length, PyTorch's attention (``F.scaled_dot_product_attention`` with GQA; forced
+to the FlashAttention backend on CUDA with ``--dtype bfloat16/float16``), our output-only call,
 our output + all statistics call (``StatsRequest.all()``), and their ratios to SDPA. Timings
 are the minimum over interleaved repeats (the machine may be shared). ``--peak L`` also runs
 output + all statistics once at length L in a fresh subprocess and reports its peak RSS
@@ -31,12 +32,35 @@ from kernels import StatsRequest, attention
 B, H, HKV, D = 1, 9, 3, 64
 
 
-def _inputs(length: int, device: str = "cpu") -> tuple[torch.Tensor, ...]:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _inputs(
+    length: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(B, H, length, D, generator=g).to(device)
-    k = torch.randn(B, HKV, length, D, generator=g).to(device)
-    v = torch.randn(B, HKV, length, D, generator=g).to(device)
+    q = torch.randn(B, H, length, D, generator=g).to(device, dtype)
+    k = torch.randn(B, HKV, length, D, generator=g).to(device, dtype)
+    v = torch.randn(B, HKV, length, D, generator=g).to(device, dtype)
     return q, k, v
+
+
+def sdpa_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
+    """PyTorch's fastest causal attention on these inputs: FlashAttention on CUDA in 16-bit
+    (keys and values repeated to the query heads beforehand, outside the timing, as the flash
+    backend wants), plain SDPA with GQA otherwise."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        rep = q.shape[1] // k.shape[1]
+        k_full, v_full = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+
+        def flash() -> object:
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k_full, v_full, is_causal=True)
+
+        return flash
+    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
 
 def _sync(device: str) -> None:
@@ -62,12 +86,16 @@ def time_interleaved(
 
 
 def bench(
-    length: int, repeats: int, device: str = "cpu", backend: str = "auto"
+    length: int,
+    repeats: int,
+    device: str = "cpu",
+    backend: str = "auto",
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
-    q, k, v = _inputs(length, device)
+    q, k, v = _inputs(length, device, dtype)
     stats = StatsRequest.all()
     fns: dict[str, Callable[[], object]] = {
-        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+        "sdpa": sdpa_baseline(q, k, v),
         "ours_output": lambda: attention(q, k, v, backend=backend),
         "ours_all_stats": lambda: attention(q, k, v, stats=stats, backend=backend),
     }
@@ -109,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--peak", type=int, default=0, help="also measure peak memory at this L")
@@ -120,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"B={B} H={H} Hkv={HKV} D={D} fp32 causal, device={args.device}, "
+        f"B={B} H={H} Hkv={HKV} D={D} {args.dtype} causal, device={args.device}, "
         f"threads={torch.get_num_threads()}, min of {args.repeats}"
     )
     print(
@@ -128,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'output/sdpa':>12} {'stats/sdpa':>11}"
     )
     for length in args.lengths:
-        t = bench(length, args.repeats, args.device, args.backend)
+        t = bench(length, args.repeats, args.device, args.backend, DTYPES[args.dtype])
         print(
             f"{length:>6} {t['sdpa'] * 1e3:>9.1f} {t['ours_output'] * 1e3:>10.1f} "
             f"{t['ours_all_stats'] * 1e3:>13.1f} {t['ours_output'] / t['sdpa']:>12.2f} "

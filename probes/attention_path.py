@@ -27,6 +27,7 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from probes.errors import ProbeError
 from probes.hooks import AttentionCall, hooks_of
+from probes.padding import padding_active, query_padding_mask
 from probes.semantics import eager_probabilities, semantics_of, workbench_mask
 
 ATTENTION_IMPLEMENTATION = "workbench"
@@ -93,6 +94,10 @@ def workbench_attention(
         )
 
     causal_flag = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(causal_flag) and mask is None
+    if padding_active():  # pad query rows of a right-padded batch see nothing (probes.padding)
+        real = query_padding_mask(query.shape[0], query.shape[2], key.shape[2], query.device)
+        mask = real if mask is None else mask & real
     call = AttentionCall(
         layer=int(module.layer_idx),
         module=module,
@@ -100,7 +105,7 @@ def workbench_attention(
         key=key,
         value=value,
         mask=mask,
-        causal=bool(causal_flag) and mask is None,
+        causal=causal,
         scaling=float(scaling if scaling is not None else query.shape[-1] ** -0.5),
         semantics=semantics,
         backend=_BACKEND.get(),

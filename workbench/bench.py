@@ -4,7 +4,8 @@ For each sequence length the same random token ids run through (1) a plain SDPA 
 (2) the workbench attention path with nothing attached (must match SDPA's speed), (3) a forward
 with every statistic of every head through the workbench kernels, and (4) an eager
 forward that keeps all maps (``output_attentions=True``, what TransformerLens / nnsight / BertViz
-need), skipped with the reason printed when its maps would not fit in memory. Times are the
+need), skipped with the reason printed when its maps would not fit in memory. ``load=N``
+repeats each length with N busy processes beside it (the loaded ratio, same run). Times are the
 median of ``repeat`` runs taken alternately; memory is the peak resident set size sampled during
 each run (peak allocated device memory on CUDA).
 """
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import torch
 
+from probes.checks import integer
 from probes.memory import available_bytes
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ class BenchRow:
     eager_maps_s: float | None
     eager_maps_peak_mb: float | None
     eager_skipped: str | None
+    load: int = 0  # busy processes of our own running beside the measurement
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
@@ -192,7 +195,8 @@ def format_row(row: BenchRow) -> str:
         else f"eager+maps skipped: {row.eager_skipped}"
     )
     return (
-        f"seq {row.seq:6d} | sdpa {row.sdpa_s:7.2f} s / {row.sdpa_peak_mb:7.0f} MB | "
+        f"load {row.load:2d} | seq {row.seq:6d} | "
+        f"sdpa {row.sdpa_s:7.2f} s / {row.sdpa_peak_mb:7.0f} MB | "
         f"workbench path, no hooks {row.plain_s:7.2f} s ({row.plain_ratio:4.2f}x) | "
         f"stats {row.stats_s:7.2f} s / {row.stats_peak_mb:7.0f} MB | "
         f"ratio {row.ratio:5.2f}x time, {row.mem_ratio:4.2f}x mem | {eager}"
@@ -200,17 +204,35 @@ def format_row(row: BenchRow) -> str:
 
 
 def run_bench(
-    lm: LoadedModel, seqs: list[int], repeat: int = 1, eager: bool = True, log: Log = print
+    lm: LoadedModel,
+    seqs: list[int],
+    repeat: int = 1,
+    eager: bool = True,
+    log: Log = print,
+    load: int = 0,
 ) -> list[BenchRow]:
-    """Warm up, then measure every length (logging each row); returns the rows."""
+    """Warm up, then measure every length (logging each row); returns the rows.
+
+    With ``load = N > 0`` each length is measured twice, side by side: quiet, then with ``N``
+    busy processes of our own beside it (:func:`workbench.busy_load.busy_processes`, started
+    for that measurement and killed after it), so the loaded ratio comes from the same run.
+    """
+    from workbench.busy_load import MAX_LOAD, busy_processes
+
+    integer("load", load, minimum=0, maximum=MAX_LOAD)
     with torch.no_grad():
         lm.model(input_ids=torch.zeros(1, 16, dtype=torch.long, device=lm.device))
     rows = []
     for seq in seqs:
-        row = bench_length(lm, seq, repeat=repeat, eager=eager)
-        rows.append(row)
-        if log is not None:
-            log(format_row(row))
+        for n in (0, load) if load else (0,):
+            with busy_processes(n):
+                row = bench_length(lm, seq, repeat=repeat, eager=eager and n == 0)
+            row.load = n
+            if n and eager:
+                row.eager_skipped = "measured quiet only"
+            rows.append(row)
+            if log is not None:
+                log(format_row(row))
     return rows
 
 

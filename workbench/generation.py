@@ -64,10 +64,13 @@ def greedy_generate(
     *,
     max_new_tokens: int,
     stop: Sequence[StoppingCriteria] | None = None,
+    eos: bool = True,
 ) -> list[Tensor]:
     """Greedy continuations of ``encodings`` in one batch (left-padded, KV cache on).
 
-    ``stop``: optional stopping criteria (e.g. :class:`StopAtNewline`). Returns the new token
+    ``stop``: optional stopping criteria (e.g. :class:`StopAtNewline`). ``eos=False`` decodes
+    past end-of-sequence tokens (as the retrieval reference's own loop does), for this call
+    only: the model's generation config is not touched. Returns the new token
     ids of each prompt as a 1-D CPU tensor; rows that ended before the longest one are filled
     with :func:`pad_id` (a special token: decode with ``skip_special_tokens=True``).
     """
@@ -75,9 +78,13 @@ def greedy_generate(
     if not encodings:
         raise WorkbenchError("greedy_generate needs at least one encoded prompt")
     max_new_tokens = integer("max_new_tokens", max_new_tokens, minimum=1)
+    eos = boolean("eos", eos)
     check_generation_length(lm, max(e.n_tokens for e in encodings), max_new_tokens)
     pad = pad_id(lm.tokenizer)
     ids, mask = left_padded(encodings, pad)
+    # eos_token_id=None in the call would fall back to the generation config's: an id no
+    # token has (-1) is what turns end-of-sequence stopping off for this call alone.
+    no_eos = {} if eos else {"eos_token_id": -1}
     out = lm.model.generate(
         input_ids=ids.to(lm.device),
         attention_mask=mask.to(lm.device),
@@ -85,6 +92,7 @@ def greedy_generate(
         do_sample=False,
         stopping_criteria=StoppingCriteriaList(stop) if stop else None,
         pad_token_id=pad,
+        **no_eos,
     )
     return list(out[:, ids.shape[1] :].cpu())
 

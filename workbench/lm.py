@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +32,7 @@ from probes.checks import (
     unknown_keywords,
 )
 from workbench.architectures import layout_of
+from workbench.batching import check_batch_size, encode_all, run_batched
 from workbench.errors import (
     EmptyPromptError,
     HeadOutOfRangeError,
@@ -275,33 +276,77 @@ class LoadedModel:
         return Statistics(self.layout, spec)
 
     def run_statistics(
-        self, prompt: str | Encoded, *, chat: bool = False, **statistics_kwargs
-    ) -> tuple[Encoded, probes.ProbeRecords]:
-        """Encode, run one forward with a :meth:`statistics` probe, return the records.
+        self,
+        prompt: str | Encoded | Sequence[str | Encoded],
+        *,
+        chat: bool = False,
+        batch_size: int | str = "auto",
+        **statistics_kwargs,
+    ) -> tuple[Encoded, probes.ProbeRecords] | list[tuple[Encoded, probes.ProbeRecords]]:
+        """Encode, run a forward with a :meth:`statistics` probe, return the records.
 
-        Everything is checked before the forward: the arguments, and spans against the
-        prompt's length."""
+        One prompt -> ``(encoded, records)``. A list of prompts -> a list of those pairs, in
+        order, from right-padded batches of ``batch_size`` prompts (``"auto"``: sized from
+        free memory; :mod:`workbench.batching`), each pair equal to a one-prompt run.
+        Everything is checked before the first forward: the arguments, every prompt, and
+        spans against every prompt's length."""
         _known_keywords("run_statistics", statistics_kwargs, self.statistics)
+        check_batch_size(batch_size)
         stats = self.statistics(**statistics_kwargs)
-        enc = self.encode(prompt, chat=chat)
-        stats.check_prompt(enc.n_tokens)
-        with stats:
-            self.forward(enc)
-        return enc, stats.records
+        if isinstance(prompt, (str, Encoded)):
+            enc = self.encode(prompt, chat=chat)
+            stats.check_prompt(enc.n_tokens)
+            with stats:
+                self.forward(enc)
+            return enc, stats.records
+        encs = encode_all(self, prompt, chat)
+        for enc in encs:
+            stats.check_prompt(enc.n_tokens)
+        records = run_batched(
+            self,
+            encs,
+            lambda: self.statistics(**statistics_kwargs),
+            batch_size=batch_size,
+            pooled_block=stats.spec.pooled_block,
+        )
+        return list(zip(encs, records, strict=True))
 
     def run_capture(
-        self, prompt: str | Encoded, *, chat: bool = False, **capture_kwargs
-    ) -> tuple[Encoded, probes.ProbeRecords]:
+        self,
+        prompt: str | Encoded | Sequence[str | Encoded],
+        *,
+        chat: bool = False,
+        batch_size: int | str = "auto",
+        **capture_kwargs,
+    ) -> tuple[Encoded, probes.ProbeRecords] | list[tuple[Encoded, probes.ProbeRecords]]:
         """Encode, check the capture (its query window against the prompt, its memory), run
-        one forward, return the records."""
+        a forward, return the records; a list of prompts runs in right-padded batches as in
+        :meth:`run_statistics` (memory checked for each whole batch)."""
         _known_keywords("run_capture", capture_kwargs, self.capture)
+        check_batch_size(batch_size)
         cap = self.capture(**capture_kwargs)
-        enc = self.encode(prompt, chat=chat)
-        cap.check_prompt(enc.n_tokens)
-        cap.check_fits(enc.n_tokens)
-        with cap:
-            self.forward(enc)
-        return enc, cap.records
+        if isinstance(prompt, (str, Encoded)):
+            enc = self.encode(prompt, chat=chat)
+            cap.check_prompt(enc.n_tokens)
+            cap.check_fits(enc.n_tokens)
+            with cap:
+                self.forward(enc)
+            return enc, cap.records
+        encs = encode_all(self, prompt, chat)
+        for enc in encs:
+            cap.check_prompt(enc.n_tokens)
+
+        def fits(probe: Capture, batch: Sequence[Encoded]) -> None:
+            probe.check_fits(max(e.n_tokens for e in batch), batch=len(batch))
+
+        records = run_batched(
+            self,
+            encs,
+            lambda: self.capture(**capture_kwargs),
+            batch_size=batch_size,
+            check=fits,
+        )
+        return list(zip(encs, records, strict=True))
 
 
 def _known_keywords(where: str, given: dict[str, Any], method: Any) -> None:

@@ -3,12 +3,17 @@ tests (issue 15, item 4).
 
 Each function follows the reference repository's code line by line (cited in its docstring),
 not the workbench's: transformers' eager attention maps (``output_attentions=True``), one
-prompt at a time, plain loops. Nothing here imports the workbench. The only adaptations are
-the ones the model and library versions force, each said where it occurs: the byte-level BPE
+prompt at a time, plain loops. Nothing here imports the workbench (but for the stemmer
+fallback said below). The only adaptations are the ones the model and library versions force,
+each said where it occurs: the byte-level BPE
 newline token ``'Ċ'`` for SentencePiece's ``<0x0A>``, a forward hook on ``q_proj`` for the
 reference's edit of ``query_states`` inside its own Llama attention class, the KV cache's
-keyword in the installed transformers, and retrieval's loop over heads run one layer at a time
-on a (heads, keys) row block (same top-1, same test).
+keyword in the installed transformers, retrieval's loop over heads run one layer at a time
+on a (heads, keys) row block (same top-1, same test), and rouge_score's Porter stemmer taken
+from NLTK directly (rouge_score is not installed; it calls ``nltk.stem.porter.PorterStemmer()``).
+Where NLTK is not installed either, :func:`rouge1_recall` falls back to the workbench's own
+stemmer and :data:`STEMMER` says so (the stemmer itself is checked against NLTK and hand-worked
+words in ``tests/unit/test_reference_settings.py``).
 
 Shared: :func:`agreement`, the Spearman correlation over all heads and the top-5 overlap the
 tests assert.
@@ -27,6 +32,21 @@ import pandas as pd
 import torch
 
 TOP_K = 5
+
+
+def _porter() -> tuple[Any, str]:
+    """rouge_score's stemmer, ``nltk.stem.porter.PorterStemmer()``; the workbench's Porter
+    stemmer when NLTK is missing (said in the name returned)."""
+    try:
+        from nltk.stem.porter import PorterStemmer
+    except ImportError:
+        from workbench.analyzers.stemming import porter_stem
+
+        return porter_stem, "workbench porter_stem (nltk not installed)"
+    return PorterStemmer().stem, "nltk PorterStemmer"
+
+
+_STEM, STEMMER = _porter()
 
 
 # -- agreement ----------------------------------------------------------------------------------
@@ -87,16 +107,17 @@ def find_needle_idx(prompt_ids: torch.Tensor, needle_ids: list[int]) -> tuple[in
     return -1, -1
 
 
-def rouge1_recall(target: str, prediction: str) -> float:
-    """``rouge_scorer.RougeScorer(['rouge1']).score(target, prediction)['rouge1'].recall``
-    with rouge_score's tokenizer (lowercase, non-alphanumerics to spaces, split).
-
-    The reference also passes ``use_stemmer=True`` (Porter stemmer on words longer than 3
-    characters); neither rouge_score nor nltk is installed here, so no stemming is applied,
-    which is also what the workbench does (``retrieval_rule.answer_recall``)."""
+def rouge1_recall(target: str, prediction: str, use_stemmer: bool = True) -> float:
+    """``rouge_scorer.RougeScorer(['rouge1'], use_stemmer=True).score(target, prediction)
+    ['rouge1'].recall`` with rouge_score's tokenizer: lowercase, non-alphanumerics to spaces,
+    split, and with ``use_stemmer`` the Porter stemmer on words longer than 3 characters
+    (``tokenize.tokenize``; the stemmer is :data:`STEMMER`)."""
 
     def tokens(text: str) -> list[str]:
-        return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+        words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+        if use_stemmer:
+            words = [_STEM(w) if len(w) > 3 else w for w in words]
+        return [w for w in words if re.fullmatch(r"[a-z0-9]+", w)]
 
     want, have = Counter(tokens(target)), Counter(tokens(prediction))
     total = sum(want.values())
@@ -130,8 +151,11 @@ def retrieval_test(
     the last prompt token, then ``decode``: feed one token per step with
     ``output_attentions=True``, greedy next token, ``retrieval_calculate`` (top-1 key of the
     step's last attention row inside the needle span and equal to the emitted token adds
-    ``1 / span``) and stop after a newline token. Returns the per-head score (layers, heads),
-    the response, ROUGE-1 recall and the span."""
+    ``1 / span``) and stop after a newline token or token id 144 (the reference's literal
+    ``inp.item()==144``, an id of its own models' vocabularies; the byte token 'Å' here, which
+    the analyzer's ``stop_tokens="newline_token"`` does not stop at); an end-of-sequence token
+    does not stop it. Returns the per-head score (layers, heads), the response, ROUGE-1 recall
+    (stemmed) and the span."""
     n_layers, n_heads = _n_layers_heads(model)
     prompt_ids = input_ids[0, :]
     needle_ids = tokenizer(real_needle, add_special_tokens=False)["input_ids"]
@@ -155,7 +179,7 @@ def retrieval_test(
             for head_idx, i in enumerate(idx[:, 0].tolist()):
                 if needle_start <= i < needle_end and inp.item() == prompt_ids[i].item():
                     score[layer_idx, head_idx] += 1 / (needle_end - needle_start)
-        if _is_newline_token(tokenizer, int(inp.item())):
+        if _is_newline_token(tokenizer, int(inp.item())) or inp.item() == 144:
             break
     response = tokenizer.decode(output, skip_special_tokens=True).strip()
     return {
@@ -366,6 +390,7 @@ def show_and_save_scores(examples: Sequence[dict[str, Any]], key: str = "score")
 
 
 __all__ = [
+    "STEMMER",
     "TOP_K",
     "agreement",
     "compute_attention_sink",

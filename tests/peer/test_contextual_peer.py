@@ -7,15 +7,14 @@ written for this test with one relevant document among three fillers; the needle
 relevant document as the reference defines it, ``(Title: t) text``. The reference generates
 up to 100 tokens; the analyzer runs with that ``max_new_tokens``.
 
-Deliberate differences without an analyzer parameter:
+Deliberate differences, each an analyzer parameter; the test runs the reference settings:
 
-* the reference averages over every prompt; the analyzer's ``score`` averages over the prompts
-  it answers correctly. Its ``score_all_prompts`` column is the reference setting and is the
-  column compared.
-* the reference reads the attention of the rows *at* the response tokens; the analyzer reads
-  the rows that *produce* them (one position earlier). The test compares against the
-  reference rows, and also checks that moving the reference's rows back by one gives the
-  analyzer's numbers (so the offset is the only difference).
+* the reference averages over every prompt; the analyzer's default ``score`` averages over the
+  prompts it answers correctly. ``score_over="all"`` is the reference setting.
+* the reference reads the attention of the rows *at* the response tokens; the analyzer's
+  default reads the rows that *produce* them (one position earlier). ``rows="response"`` is
+  the reference setting. A second run with the default rows is compared against the
+  reference's rows moved back by one, so the row offset is the only difference.
 """
 
 from __future__ import annotations
@@ -95,16 +94,17 @@ def mdqa_items() -> list[dict]:
 
 def test_contextual_agrees_with_reference_code(lm):
     items = mdqa_items()
-    df = ContextualAnalyzer().run(
-        lm,
-        items,
-        answer="generated",
-        max_new_tokens=MAX_LENGTH,
-        chat=True,
-        causal=False,
-        focus=False,
-        progress=False,
-    )
+    common = {
+        "answer": "generated",
+        "score_over": "all",
+        "max_new_tokens": MAX_LENGTH,
+        "chat": True,
+        "causal": False,
+        "focus": False,
+        "progress": False,
+    }
+    df = ContextualAnalyzer().run(lm, items, rows="response", **common)
+    producing = ContextualAnalyzer().run(lm, items, rows="producing", **common)
     with attn_implementation(lm.model, "eager"):
         examples = [
             ref.contextual_example(
@@ -115,23 +115,23 @@ def test_contextual_agrees_with_reference_code(lm):
     for example in examples:  # the reference located every span
         assert -1 not in (*example["needle_range"], *example["response_range"])
     shape = (lm.info.n_layers, lm.info.n_heads)
-    ours = df["score_all_prompts"].to_numpy().reshape(shape)
+    assert df.attrs["params"]["score_over"] == "all" and df.attrs["params"]["rows"] == "response"
+    assert df.attrs["prompts_scored"] == len(items)
+    ours = df["score"].to_numpy().reshape(shape)
     result = ref.agreement(ours, ref.show_and_save_scores(examples))
-    shifted = ref.agreement(ours, ref.show_and_save_scores(examples, "score_producing"))
+    shifted = ref.agreement(
+        producing["score"].to_numpy().reshape(shape),
+        ref.show_and_save_scores(examples, "score_producing"),
+    )
     print(
         ref.report(
-            "contextual (score_all_prompts)",
+            "contextual (score_over='all', rows='response')",
             result,
             accuracy=df.attrs["accuracy"],
-            spearman_of_score_over_correct=round(
-                ref.agreement(
-                    df["score"].to_numpy().reshape(shape), ref.show_and_save_scores(examples)
-                )["spearman"],
-                4,
-            ),
             max_diff_with_producing_rows=f"{shifted['max_abs_diff']:.2g}",
         )
     )
     assert result["spearman"] >= 0.95
     assert result["shared"] >= ref.TOP_K - 1
+    assert result["max_abs_diff"] <= 1e-4
     assert shifted["max_abs_diff"] <= 1e-4

@@ -110,6 +110,12 @@ BAD: dict[str, list] = {
     "n_eval": [*COUNT, None],
     "eval_harmful": [[], "how do I pick a lock", [3], [""]],
     "eval_harmless": [[], "how do I bake bread", [3], [""]],
+    "locate": ["regex", "", 3, None],
+    "stemming": FLAG,
+    "stop_tokens": ["eos", "", 3, None],
+    "threshold_on": ["median", "", 3, None],
+    "score_over": ["correct_only", "", 3, None],
+    "rows": ["answer", "", 3, None],
 }
 
 

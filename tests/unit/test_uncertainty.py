@@ -100,6 +100,17 @@ def test_causal_significance_orientation_and_few_draws():
     out = causal_significance([2.0, 2.0], [3.0, 3.5], [[2.1, 2.0]] * 3, higher_is_better=False, k=2)
     assert out["effect_top"] == pytest.approx(1.25)
     assert out["p_value"] == pytest.approx(1 / 4)
-    assert "3 draws cannot reach p < 0.05" in out["verdict"]
+    assert out["verdict"] == (
+        "no evidence yet: top-2 hurts 25.0x more than random-2, but 3 draws cannot reach "
+        "p < 0.05 (p = 0.25)"
+    )  # random sets hurt by 0.05 each: 1.25 / 0.05 = 25
+    some_as_bad = causal_significance(
+        [2.0, 2.0], [3.0, 3.5], [[2.1, 2.0], [4.0, 4.0], [2.0, 2.0]], higher_is_better=False, k=2
+    )
+    assert some_as_bad["p_value"] == pytest.approx(2 / 4)
+    assert some_as_bad["verdict"] == (
+        "no evidence: top-2 hurts no more than random-2 (p = 0.5, and 3 draws cannot reach "
+        "p < 0.05)"
+    )
     none = causal_significance([1.0], [1.0], [[1.0]] * 19, k=1)
     assert "does not hurt" in none["verdict"]

@@ -68,6 +68,7 @@ from workbench.analyzers.contextual_runs import (
 )
 from workbench.analyzers.focus_training import focus_effect, train_focus_directions
 from workbench.analyzers.mdqa import (
+    ANSWER_ROWS,
     EncodedItem,
     encode_item,
     is_correct,
@@ -89,6 +90,13 @@ if TYPE_CHECKING:
 N_ITEMS = 24
 N_CAUSAL = 8
 QUICK = {"n_items": 10, "n_causal": 8, "draws": 3}
+
+#: The analyzer's ``score_over`` values: ``counts(correct, answer) -> bool``, whether a prompt
+#: enters ``score`` (``answer`` is the analyzer's ``answer`` parameter).
+SCORE_OVER = {
+    "correct": lambda correct, answer: correct or answer == "gold",
+    "all": lambda correct, answer: True,
+}
 
 
 # -- the analyzer -----------------------------------------------------------------------------
@@ -117,6 +125,19 @@ class ContextualAnalyzer(Analyzer):
     greedy answers), ``prompts_passed``, per-position accuracy, ``causal``, ``causal_logprob``
     and ``focus`` (training losses, before/after on held-out prompts, saved path).
 
+    Two settings differ deliberately from the reference code (billzyx/focus_direction
+    ``get_contextual_heads``); a parameter selects the reference's, the defaults are the
+    workbench's rule:
+
+    * ``score_over``: ``"correct"`` (default) averages over the prompts answered correctly
+      (all of them with ``answer="gold"`` or when none is); ``"all"`` averages over every
+      prompt, as the reference (:data:`SCORE_OVER`).
+    * ``rows``: ``"producing"`` (default) reads the rows that produce the answer tokens (the
+      decode-step attention); ``"response"`` reads the rows at the answer tokens themselves,
+      one position later, as the reference's ``extract_attention_with_range``
+      (:data:`~workbench.analyzers.mdqa.ANSWER_ROWS`). Scoring only: focus training and the
+      causal checks keep the producing rows.
+
     Prompts: None (``n_items`` bundled MDQA items with ``n_docs`` documents, facts of the
     evaluation split) or MDQA items (``prompt``, ``documents``, ``relevant``, ``answer``,
     optional ``aliases``), e.g. a JSONL file. Focus directions are always trained on items
@@ -136,6 +157,8 @@ class ContextualAnalyzer(Analyzer):
         "n_docs": count(2),
         "n_train_facts": count(0),
         "answer": one_of("generated", "gold"),
+        "score_over": one_of(*SCORE_OVER),
+        "rows": one_of(*ANSWER_ROWS),
         "n_causal": count(1),
         "focus": flag(),
         "focus_heads": count(1, all_heads),
@@ -156,6 +179,8 @@ class ContextualAnalyzer(Analyzer):
         n_docs: int = 5,
         n_train_facts: int = 8,
         answer: str = "generated",
+        score_over: str = "correct",
+        rows: str = "producing",
         max_new_tokens: int = 24,
         chat: bool = True,
         causal: bool = True,
@@ -208,16 +233,20 @@ class ContextualAnalyzer(Analyzer):
                     }
                 )
                 if ids:
-                    per_item.append(item_scores(answer_span_mass(lm, ei, ids), ei.relevant))
-                    counted.append(correct or answer == "gold")
+                    mass = answer_span_mass(lm, ei, ids, rows)
+                    per_item.append(item_scores(mass, ei.relevant))
+                    counted.append(SCORE_OVER[score_over](correct, answer))
         require_done(scan, self.name)
         if not per_item:
             raise AnalyzerError("the model produced no answer tokens on any prompt")
         passed = sum(o["correct"] for o in outcomes)
-        means, score_over = aggregate(per_item, counted)
+        means, score_over_note = aggregate(per_item, counted)
         relevant_items = torch.stack([d["relevant"] for d in scored(per_item, counted)[0]])
+        note = score_over_note
         if answer == "gold":
-            score_over = "all prompts (gold answers teacher-forced)"
+            note = "all prompts (gold answers teacher-forced)"
+        elif score_over == "all":
+            note = "all prompts (score_over='all', the reference setting)"
         accuracy = passed / scan.done
         attrs: dict[str, Any] = {
             "analyzer": self.name,
@@ -229,6 +258,8 @@ class ContextualAnalyzer(Analyzer):
                 "n_items": n_items,
                 "n_docs": n_docs,
                 "answer": answer,
+                "score_over": score_over,
+                "rows": rows,
                 "max_new_tokens": max_new_tokens,
                 "chat": chat,
                 "seed": seed,
@@ -238,7 +269,7 @@ class ContextualAnalyzer(Analyzer):
             "accuracy": accuracy,
             "prompts_passed": passed,
             "prompts_scored": sum(counted) or len(counted),
-            "score_over": score_over,
+            "score_over": note,
             "accuracy_by_position": {str(k): v[0] / v[1] for k, v in sorted(per_position.items())},
             "answers": outcomes,
             **scan.attrs(),

@@ -13,7 +13,7 @@ import torch
 from transformers import StoppingCriteria
 
 from workbench.analyzers.base import AnalyzerError
-from workbench.analyzers.mdqa import EncodedItem, answer_rows, is_correct
+from workbench.analyzers.mdqa import ANSWER_ROWS, EncodedItem, answer_rows, is_correct
 from workbench.generation import greedy_generate, pad_id
 from workbench.lm import Encoded, kernel_errors_translated
 
@@ -43,20 +43,27 @@ def greedy_ids(lm: LoadedModel, enc: Encoded, max_new_tokens: int = 24) -> list[
     return ids
 
 
-def answer_span_mass(lm: LoadedModel, ei: EncodedItem, answer_ids: Sequence[int]) -> torch.Tensor:
+def answer_span_mass(
+    lm: LoadedModel, ei: EncodedItem, answer_ids: Sequence[int], rows: str = "producing"
+) -> torch.Tensor:
     """(layers, heads, n_answer, n_docs): attention mass of every head on every document at
-    the rows producing each answer token (teacher-forced; statistics probe span mass)."""
+    the rows producing each answer token (``rows="producing"``) or at the answer tokens
+    themselves (``"response"``, the reference's rows; :data:`~workbench.analyzers.mdqa.
+    ANSWER_ROWS`), teacher-forced, from the statistics probe's span mass."""
     if not answer_ids:
         raise AnalyzerError("no answer tokens to score")
     enc = with_answer(ei, answer_ids)
-    rows = answer_rows(ei.n_prompt, len(answer_ids))
+    positions = ANSWER_ROWS[rows](ei.n_prompt, len(answer_ids))
     with lm.statistics(
         received=False, entropy=False, argmax=False, distance=False, spans=ei.spans
     ) as stats:
         lm.forward(enc)
     rec = stats.records
     return torch.stack(
-        [rec[layer].stats["span_mass"][0][:, rows].double() for layer in range(lm.info.n_layers)]
+        [
+            rec[layer].stats["span_mass"][0][:, positions].double()
+            for layer in range(lm.info.n_layers)
+        ]
     )
 
 

@@ -254,3 +254,14 @@ def answer_rows(n_prompt: int, n_answer: int) -> torch.Tensor:
     """Query positions whose next-token prediction is an answer token: the last prompt token
     (predicting the first answer token) and every answer token but the last."""
     return torch.arange(n_prompt - 1, n_prompt - 1 + n_answer)
+
+
+def response_rows(n_prompt: int, n_answer: int) -> torch.Tensor:
+    """Query positions *at* the answer tokens, one later than :func:`answer_rows`: the rows the
+    contextual-heads reference code reads (billzyx/focus_direction
+    ``extract_attention_with_range`` over the response's token range)."""
+    return torch.arange(n_prompt, n_prompt + n_answer)
+
+
+#: The contextual analyzer's ``rows`` values: ``rows(n_prompt, n_answer) -> positions``.
+ANSWER_ROWS = {"producing": answer_rows, "response": response_rows}

@@ -1,16 +1,24 @@
 """Running one needle-in-a-haystack test: greedy decoding (stopping at a newline, as the
 retrieval-head reference decoder does) with every head's most-attended key recorded at every
 decoding step by the kernels' statistics probe (no L x L maps), and NIAH accuracy.
+
+What ends a decode is a stop rule of :data:`STOP_RULES` (the retrieval analyzer's
+``stop_tokens``): ``"newline_or_eos"`` (default) stops at any token whose text holds a newline
+(``".\n"``, ``"\n\n"``...) and at the model's end-of-sequence tokens; ``"newline_token"`` is
+the reference decoder's rule (nightdessert/Retrieval_Head ``decode``: ``step_token == '<0x0A>'``,
+the newline token itself, spelled ``'Ċ'`` in byte-level BPE vocabularies), and an
+end-of-sequence token does not stop it: it decodes on to ``max_new_tokens`` or a newline token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from transformers import StoppingCriteria
 
 from probes.checks import boolean
 from workbench.analyzers.base import AnalyzerError
@@ -23,6 +31,70 @@ if TYPE_CHECKING:
 
 
 BATCH = 8  # tests per batched greedy decoding of the causal check
+#: How the newline token is spelled: SentencePiece's byte token, byte-level BPE's ``Ċ``.
+NEWLINE_TOKENS = ("<0x0A>", "\u010a")
+
+
+def newline_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokenizer's newline token (the one the reference decoder stops at)."""
+    ids = tokenizer.convert_tokens_to_ids(list(NEWLINE_TOKENS))
+    found = sorted({int(i) for i in ids if i is not None and i != tokenizer.unk_token_id})
+    if not found:
+        raise AnalyzerError(
+            "stop_tokens='newline_token': the tokenizer has no newline token (neither '<0x0A>' "
+            "nor 'Ċ'); use stop_tokens='newline_or_eos'"
+        )
+    return found
+
+
+class StopAtNewlineToken(StoppingCriteria):
+    """Stop a row once its last emitted token *is* the newline token (the reference decoder's
+    ``step_token == '<0x0A>'``), not merely a token holding a newline."""
+
+    def __init__(self, tokenizer) -> None:
+        self.ids = torch.tensor(newline_token_ids(tokenizer))
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        return torch.isin(input_ids[:, -1], self.ids.to(input_ids.device))
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """What ends a needle test's greedy decode: ``newline(tokenizer)`` builds the newline
+    criterion (used when ``stop_at_newline``), ``eos`` says whether end-of-sequence tokens stop."""
+
+    newline: Callable[[Any], StoppingCriteria]
+    eos: bool
+    description: str
+
+
+#: The retrieval analyzer's ``stop_tokens`` values.
+STOP_RULES: dict[str, StopRule] = {
+    "newline_or_eos": StopRule(
+        StopAtNewline, True, "a token holding a newline, or an end-of-sequence token"
+    ),
+    "newline_token": StopRule(
+        StopAtNewlineToken,
+        False,
+        "the newline token itself; end-of-sequence tokens do not stop (reference decoder)",
+    ),
+}
+DEFAULT_STOP = "newline_or_eos"
+
+
+def decode_greedy(
+    lm: LoadedModel,
+    encodings: Sequence[Encoded],
+    *,
+    max_new_tokens: int,
+    stop_at_newline: bool = True,
+    stop_tokens: str = DEFAULT_STOP,
+) -> list[Tensor]:
+    """New token ids of each of ``encodings`` (greedy, batched, left-padded) under the stop
+    rule ``STOP_RULES[stop_tokens]`` (its newline criterion only with ``stop_at_newline``)."""
+    rule = STOP_RULES[stop_tokens]
+    stop = [rule.newline(lm.tokenizer)] if stop_at_newline else None
+    return greedy_generate(lm, encodings, max_new_tokens=max_new_tokens, stop=stop, eos=rule.eos)
 
 
 @dataclass
@@ -51,13 +123,6 @@ def encode_test(
     return enc, where
 
 
-def _greedy(lm: LoadedModel, enc: Encoded, max_new_tokens: int, stop_at_newline: bool) -> Tensor:
-    """New token ids (S,) of one greedy decode, stopping at a newline when asked."""
-    stop = [StopAtNewline(lm.tokenizer)] if stop_at_newline else None
-    (new,) = greedy_generate(lm, [enc], max_new_tokens=max_new_tokens, stop=stop)
-    return new
-
-
 def run_niah_test(
     lm: LoadedModel,
     item: dict[str, Any],
@@ -67,14 +132,21 @@ def run_niah_test(
     chat: bool = True,
     system: str | None = None,
     stop_at_newline: bool = True,
+    stop_tokens: str = DEFAULT_STOP,
 ) -> NiahRun:
-    """Decode one test greedily; with ``record``, keep every head's argmax key at every step
-    through the kernels' statistics probe (one record per decoding step, no L x L maps)."""
+    """Decode one test greedily (stop rule ``STOP_RULES[stop_tokens]``); with ``record``, keep
+    every head's argmax key at every step through the kernels' statistics probe (one record per
+    decoding step, no L x L maps)."""
     enc, where = encode_test(lm, item, chat, system)
     argmax = None
+    decode = {
+        "max_new_tokens": max_new_tokens,
+        "stop_at_newline": stop_at_newline,
+        "stop_tokens": stop_tokens,
+    }
     if record:
         with lm.statistics(argmax=True, received=False, entropy=False, distance=False) as st:
-            emitted = _greedy(lm, enc, max_new_tokens, stop_at_newline)
+            (emitted,) = decode_greedy(lm, [enc], **decode)
         recs = st.records
         n_steps = min(recs.steps(layer) for layer in range(lm.info.n_layers))
         if n_steps != emitted.numel():
@@ -90,7 +162,7 @@ def run_niah_test(
             ]
         )
     else:
-        emitted = _greedy(lm, enc, max_new_tokens, stop_at_newline)
+        (emitted,) = decode_greedy(lm, [enc], **decode)
     response = lm.tokenizer.decode(emitted, skip_special_tokens=True).strip()
     return NiahRun(
         response,
@@ -124,20 +196,26 @@ def niah_passes(
     system: str | None = None,
     stop_at_newline: bool = True,
     pass_recall: float = PASS_RECALL,
+    stop_tokens: str = DEFAULT_STOP,
+    stemming: bool = False,
 ) -> list[float]:
-    """1.0 for each of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``),
-    else 0.0: the per-item metric of the retrieval causal check. Decodes :data:`BATCH` tests of
-    similar length at a time (left-padded greedy decoding, each row stopping at its newline)."""
+    """1.0 for each of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``,
+    words Porter-stemmed with ``stemming``), else 0.0: the per-item metric of the retrieval
+    causal check. Decodes :data:`BATCH` tests of similar length at a time (left-padded greedy
+    decoding, each row stopping under the rule ``STOP_RULES[stop_tokens]``)."""
     encs = [encode_test(lm, item, chat, system)[0] for item in items]
-    stop = [StopAtNewline(lm.tokenizer)] if stop_at_newline else None
     out = [0.0] * len(items)
     for chunk in length_batches([enc.n_tokens for enc in encs], BATCH):
-        rows = greedy_generate(
-            lm, [encs[i] for i in chunk], max_new_tokens=max_new_tokens, stop=stop
+        rows = decode_greedy(
+            lm,
+            [encs[i] for i in chunk],
+            max_new_tokens=max_new_tokens,
+            stop_at_newline=stop_at_newline,
+            stop_tokens=stop_tokens,
         )
         for i, row in zip(chunk, rows, strict=True):
             response = lm.tokenizer.decode(row, skip_special_tokens=True).strip()
-            out[i] = float(answered(items[i]["answer"], response, pass_recall))
+            out[i] = float(answered(items[i]["answer"], response, pass_recall, stemming=stemming))
     return out
 
 
@@ -150,6 +228,8 @@ def niah_accuracy(
     system: str | None = None,
     stop_at_newline: bool = True,
     pass_recall: float = PASS_RECALL,
+    stop_tokens: str = DEFAULT_STOP,
+    stemming: bool = False,
 ) -> float:
     """Share of ``items`` answered (ROUGE-1 recall of the answer > ``pass_recall``)."""
     passes = niah_passes(
@@ -160,8 +240,22 @@ def niah_accuracy(
         system=system,
         stop_at_newline=stop_at_newline,
         pass_recall=pass_recall,
+        stop_tokens=stop_tokens,
+        stemming=stemming,
     )
     return sum(passes) / max(len(items), 1)
 
 
-__all__ = ["NiahRun", "length_batches", "niah_accuracy", "niah_passes", "run_niah_test"]
+__all__ = [
+    "DEFAULT_STOP",
+    "STOP_RULES",
+    "NiahRun",
+    "StopAtNewlineToken",
+    "StopRule",
+    "decode_greedy",
+    "length_batches",
+    "newline_token_ids",
+    "niah_accuracy",
+    "niah_passes",
+    "run_niah_test",
+]

@@ -32,7 +32,14 @@ from workbench.analyzers.base import (
 )
 from workbench.analyzers.causal import GENERATION_DRAWS, causal_evidence
 from workbench.analyzers.niah import DEFAULT_DEPTHS, DEFAULT_LENGTHS, NiahError, make_niah_tasks
-from workbench.analyzers.niah_runs import encode_test, niah_passes, run_niah_test
+from workbench.analyzers.niah_runs import (
+    DEFAULT_STOP,
+    STOP_RULES,
+    NiahRun,
+    encode_test,
+    niah_passes,
+    run_niah_test,
+)
 from workbench.analyzers.params import (
     Check,
     count,
@@ -50,6 +57,7 @@ from workbench.analyzers.retrieval_rule import (
     RETRIEVAL_THRESHOLD,
     answer_recall,
     copy_events,
+    overlap_span,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +82,25 @@ def _check_items(items: list[dict[str, Any]]) -> None:
                 )
 
 
+def _offset_span(lm: LoadedModel, run: NiahRun, item: dict[str, Any], span: str):
+    """The span from the tokenizer's character offsets in the templated prompt (default)."""
+    return run.answer_span if span == "answer" else run.needle_span
+
+
+def _overlap_span(lm: LoadedModel, run: NiahRun, item: dict[str, Any], span: str):
+    """The reference code's search: the answer (or needle) tokenized alone, first prompt window
+    covering > 90 % of its token set (:func:`~workbench.analyzers.retrieval_rule.overlap_span`);
+    None when there is none."""
+    text = item["answer"] if span == "answer" else item["needle"]
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return overlap_span(run.prompt_ids, ids)
+
+
+#: The analyzer's ``locate`` values: how the scored span is found in the prompt, as
+#: ``locate(lm, run, item, span) -> (start, end) | None``.
+LOCATORS = {"offsets": _offset_span, "overlap": _overlap_span}
+
+
 def _spread(indices: list[int], n: int) -> list[int]:
     if len(indices) <= n:
         return indices
@@ -95,12 +122,31 @@ class RetrievalAnalyzer(Analyzer):
     Rule: greedy decoding (stopping at a newline or ``max_new_tokens``, as the reference code);
     at step s, head h copies when its argmax key lies in the span and holds the emitted token;
     a test's score is ``copies / |span|``; ``score`` = mean over the tests answered correctly
-    (ROUGE-1 recall of the answer > 0.5, the reference code's rule, without stemming; 0 when no
-    test passed; ``score_lo``/``score_hi``: its bootstrap interval over the passed tests).
+    (ROUGE-1 recall of the answer > 0.5, the reference code's rule, exact words unless
+    ``stemming``; 0 when no test passed; ``score_lo``/``score_hi``: its bootstrap interval over
+    the passed tests).
     ``span="answer"`` (default) scores against the answer's tokens inside the needle
     like the reference code (its ``real_needle``); ``span="needle"`` uses the whole needle
     sentence. Argmax positions come from the kernels' statistics probe, one record per decoding
     step; no L x L maps.
+
+    Where the rule deliberately differs from the reference code (nightdessert/Retrieval_Head),
+    a parameter selects the reference's setting; the defaults are the workbench's rule:
+
+    * ``locate``: ``"offsets"`` (default) finds the span through the tokenizer's character
+      offsets in the templated prompt; ``"overlap"`` is the reference's ``find_needle_idx``
+      (the answer tokenized alone, first window covering > 90 % of its token set), which can
+      miss or misplace a span whose first token carries a BPE leading space; a test whose span
+      is not found scores 0 for every head, as in the reference (``attrs["tests_unlocated"]``).
+    * ``stemming``: False (default) compares exact words in the ROUGE-1 pass rule; True
+      Porter-stems words longer than 3 characters as the reference's
+      ``rouge_scorer.RougeScorer(..., use_stemmer=True)``
+      (:mod:`~workbench.analyzers.stemming`).
+    * ``stop_tokens``: ``"newline_or_eos"`` (default) ends a decode at any token holding a
+      newline or at an end-of-sequence token; ``"newline_token"`` is the reference decoder's
+      rule: only the newline token itself stops it and end-of-sequence tokens do not
+      (:data:`~workbench.analyzers.niah_runs.STOP_RULES`). Either applies only with
+      ``stop_at_newline``, and to the causal check's decodes too.
 
     Evidence columns: ``is_retrieval_head`` (score > ``threshold``), ``retrieval_hits`` (mean copy
     events per passed test), ``score_all_tests`` (mean score over every test, passed or not).
@@ -126,6 +172,9 @@ class RetrievalAnalyzer(Analyzer):
         "threshold": real(minimum=0, below=1),
         "pass_recall": real(minimum=0, below=1),
         "stop_at_newline": flag(),
+        "locate": one_of(*LOCATORS),
+        "stemming": flag(),
+        "stop_tokens": one_of(*STOP_RULES),
         "causal_tests": count(1),
     }
 
@@ -148,6 +197,9 @@ class RetrievalAnalyzer(Analyzer):
         chat: bool = True,
         system: str | None = None,
         stop_at_newline: bool = True,
+        locate: str = "offsets",
+        stemming: bool = False,
+        stop_tokens: str = DEFAULT_STOP,
         causal: bool = True,
         top_k: int = 5,
         draws: int = GENERATION_DRAWS,
@@ -187,6 +239,7 @@ class RetrievalAnalyzer(Analyzer):
         passed_idx: list[int] = []
         by_length: dict[str, Counter] = defaultdict(Counter)
         by_depth: dict[str, Counter] = defaultdict(Counter)
+        unlocated = 0
         with Scan(items, "retrieval", progress) as scan:
             for i, item in enumerate(scan):
                 run = run_niah_test(
@@ -196,13 +249,18 @@ class RetrievalAnalyzer(Analyzer):
                     chat=chat,
                     system=system,
                     stop_at_newline=stop_at_newline,
+                    stop_tokens=stop_tokens,
                 )
-                s = run.answer_span if span == "answer" else run.needle_span
+                s = LOCATORS[locate](lm, run, item, span)
                 assert run.argmax is not None
-                sequence = torch.cat([run.prompt_ids, run.emitted])
-                events = copy_events(run.argmax, run.emitted, sequence, s).sum(0).double()
-                score = events / (s[1] - s[0])
-                recall = answer_recall(item["answer"], run.response)
+                if s is None:  # the reference's search found no span: every head scores 0
+                    events = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+                    unlocated += 1
+                else:
+                    sequence = torch.cat([run.prompt_ids, run.emitted])
+                    events = copy_events(run.argmax, run.emitted, sequence, s).sum(0).double()
+                score = events / (1 if s is None else s[1] - s[0])
+                recall = answer_recall(item["answer"], run.response, stemming=stemming)
                 ok = recall > pass_recall
                 all_sum += score
                 if ok:
@@ -224,7 +282,7 @@ class RetrievalAnalyzer(Analyzer):
                         "response": run.response,
                         "recall": round(recall, 4),
                         "passed": bool(ok),
-                        "span": list(s),
+                        "span": None if s is None else list(s),
                         "copy_events": int(events.sum()),
                     }
                 )
@@ -250,9 +308,13 @@ class RetrievalAnalyzer(Analyzer):
                 "max_new_tokens": max_new_tokens,
                 "span": span,
                 "threshold": threshold,
-                "pass_rule": f"ROUGE-1 recall of the answer > {pass_recall} (no stemming)",
+                "pass_rule": f"ROUGE-1 recall of the answer > {pass_recall} "
+                + ("(Porter-stemmed words)" if stemming else "(no stemming)"),
                 "chat": chat,
                 "stop_at_newline": stop_at_newline,
+                "locate": locate,
+                "stemming": stemming,
+                "stop_tokens": stop_tokens,
                 "causal_tests": causal_tests,
             },
             "tests_total": scan.done,
@@ -261,11 +323,17 @@ class RetrievalAnalyzer(Analyzer):
             "per_length": {k: dict(v) for k, v in by_length.items()},
             "per_depth": {k: dict(v) for k, v in by_depth.items()},
             "n_retrieval_heads": int(is_retrieval.sum()),
+            "tests_unlocated": unlocated,
             "tests": tests,
             **scan.attrs(),
         }
         if not n_passed:
             attrs["warning"] = "no test was answered correctly: every retrieval score is 0"
+        elif unlocated:
+            attrs["warning"] = (
+                f"locate='overlap' found no span in {unlocated} of {scan.done} tests: they score "
+                "0 for every head (the reference's behaviour); locate='offsets' finds them"
+            )
         df = head_frame(
             lm,
             score,
@@ -295,6 +363,8 @@ class RetrievalAnalyzer(Analyzer):
                     system=system,
                     stop_at_newline=stop_at_newline,
                     pass_recall=pass_recall,
+                    stop_tokens=stop_tokens,
+                    stemming=stemming,
                 ),
                 metric_name=f"NIAH accuracy on {len(subset)} tests",
                 k=top_k,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -22,7 +23,7 @@ from workbench.analyzers.base import (
 from workbench.analyzers.causal import CHEAP_DRAWS, causal_evidence
 from workbench.analyzers.frames import INTERVAL_COLUMNS
 from workbench.analyzers.metrics import next_token_losses
-from workbench.analyzers.params import Check, count, real
+from workbench.analyzers.params import Check, count, one_of, real
 from workbench.analyzers.prompts import as_items, bundled_text
 from workbench.lm import LoadedModel
 from workbench.model_parts import sink_logits
@@ -35,6 +36,32 @@ HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold for non-initial sinks
 N_PROMPTS = 16
 CAUSAL_PROMPTS = 8
 QUICK = {"n_prompts": 16, "causal_prompts": 4, "draws": 3}
+
+
+SinkRule = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, float]]
+
+
+def _on_mean(score: np.ndarray, share: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+    """The workbench's rule: a sink head when the mean first-token score over prompts exceeds
+    the threshold; Sink rate = share of sink heads."""
+    is_sink = np.asarray(score) > threshold
+    return is_sink, float(is_sink.mean())
+
+
+def _on_each_prompt(
+    score: np.ndarray, share: np.ndarray, threshold: float
+) -> tuple[np.ndarray, float]:
+    """The reference's rule (sail-sg/Attention-Sink ``compute_attention_sink``): the threshold
+    applied per prompt and the indicator averaged over (prompt, layer, head), i.e. the mean of
+    ``sink_prompt_share``; a sink head is one above the threshold on more than half the
+    prompts."""
+    share = np.asarray(share, dtype=np.float64)
+    return share > 0.5, float(share.mean())
+
+
+#: ``threshold_on`` values: ``rule(score, sink_prompt_share, threshold) -> (is_sink, rate)``,
+#: arrays of any one shape.
+SINK_RULES: dict[str, SinkRule] = {"mean": _on_mean, "each_prompt": _on_each_prompt}
 
 
 def corpus_windows(lm: LoadedModel, n_prompts: int, n_tokens: int) -> list:
@@ -54,10 +81,17 @@ class SinkAnalyzer(Analyzer):
     ``sum_i A[i, j] / (T - j)`` (Gu et al. 2024, "When Attention Sink Emerges in Language
     Models"). A head's ``score`` is its first-token sink score averaged over prompts; heads
     above ``first_threshold`` (0.3) are sink heads and their share is the model's Sink rate.
+    ``threshold_on="mean"`` (default) applies the threshold to that mean over prompts;
+    ``threshold_on="each_prompt"`` is the reference code's rule (sail-sg/Attention-Sink
+    ``compute_attention_sink``): the threshold applied to each prompt's score and the indicator
+    averaged over prompts, layers and heads for ``sink_rate``; a head is then a sink head when
+    it is one on more than half of the prompts (:data:`SINK_RULES`). ``score`` is the same
+    either way.
     Hidden sinks (Yu et al. 2024, "Unveiling and Harnessing Hidden Attention Sinks", ACT): keys
     after the first whose sink score exceeds ``hidden_threshold`` (0.1).
 
-    Evidence columns: ``is_sink_head``, ``hidden_sinks`` (mean count per prompt),
+    Evidence columns: ``is_sink_head``, ``sink_prompt_share`` (share of prompts whose
+    first-token score exceeds ``first_threshold``), ``hidden_sinks`` (mean count per prompt),
     ``hidden_sink_max`` (largest non-initial sink score, averaged over prompts), and on models
     with a learned sink logit per head (gpt-oss: OpenAI 2025, "gpt-oss-120b & gpt-oss-20b Model
     Card") ``learned_sink_mass``: the probability the learned sink takes, averaged over queries
@@ -78,6 +112,7 @@ class SinkAnalyzer(Analyzer):
     checks: ClassVar[Mapping[str, Check]] = {  # sink scores are attention shares in [0, 1]
         "first_threshold": real(minimum=0, maximum=1),
         "hidden_threshold": real(minimum=0, maximum=1),
+        "threshold_on": one_of(*SINK_RULES),
         "causal_prompts": count(1),
     }
 
@@ -103,11 +138,15 @@ class SinkAnalyzer(Analyzer):
         for flat, frame in zip(flags, frames, strict=True):
             flat.attrs = dict(frame.attrs)
         out = merge_mean_frames(flags)
-        threshold = float(out.attrs["params"]["first_threshold"])
-        is_sink = out["score"] > threshold
+        params = out.attrs["params"]
+        rule = SINK_RULES[params.get("threshold_on", "mean")]
+        share = out["sink_prompt_share"] if "sink_prompt_share" in out.columns else out["score"]
+        is_sink, rate = rule(
+            out["score"].to_numpy(), share.to_numpy(), float(params["first_threshold"])
+        )
         after = [c for c in ("score", *INTERVAL_COLUMNS) if c in out.columns]
         out.insert(out.columns.get_loc(after[-1]) + 1, "is_sink_head", is_sink)
-        out.attrs["sink_rate"] = float(is_sink.mean())
+        out.attrs["sink_rate"] = rate
         counts: Counter[str] = Counter()
         for frame in frames:
             for entry in frame.attrs.get("hidden_sink_tokens", []):
@@ -127,6 +166,7 @@ class SinkAnalyzer(Analyzer):
         prompt_tokens: int = 64,
         first_threshold: float = FIRST_TOKEN_THRESHOLD,
         hidden_threshold: float = HIDDEN_SINK_THRESHOLD,
+        threshold_on: str = "mean",
         causal: bool = True,
         top_k: int = 5,
         draws: int = CHEAP_DRAWS,
@@ -174,7 +214,10 @@ class SinkAnalyzer(Analyzer):
         n = scan.done
         per_item = torch.stack(first_items[:n])  # an interrupted prompt is not counted
         score = per_item.mean(0)
-        is_sink = score > first_threshold
+        share = (per_item > first_threshold).double().mean(0)
+        is_sink, rate = SINK_RULES[threshold_on](
+            score.numpy(), share.numpy(), float(first_threshold)
+        )
         attrs: dict[str, Any] = {
             "analyzer": self.name,
             "params": {
@@ -182,9 +225,10 @@ class SinkAnalyzer(Analyzer):
                 "prompt_tokens": prompt_tokens,
                 "first_threshold": first_threshold,
                 "hidden_threshold": hidden_threshold,
+                "threshold_on": threshold_on,
                 "causal_prompts": causal_prompts,
             },
-            "sink_rate": float(is_sink.double().mean()),
+            "sink_rate": rate,
             "learned_sinks": has_learned,
             "hidden_sink_tokens": [
                 {"token": t, "count": c} for t, c in token_counts.most_common(25)
@@ -193,6 +237,7 @@ class SinkAnalyzer(Analyzer):
         }
         evidence = {
             "is_sink_head": is_sink,
+            "sink_prompt_share": share,
             "hidden_sinks": hidden_count / n,
             "hidden_sink_max": hidden_max / n,
         }

@@ -228,13 +228,25 @@ def verdict(
     p_text = f"p = {p_value:.2g}" if p_value >= 0.001 else "p < 0.001"
     if not effect_top > 0:
         return f"no evidence: ablating the top-{k} heads does not hurt the metric ({p_text})"
+    how_much = (
+        f"top-{k} hurts {effect_top / effect_random:.1f}x more than random-{k}"
+        if effect_random > 0
+        else f"top-{k} hurts, random-{k} does not"
+    )
     if p_value >= alpha:
         floor = 1.0 / (draws + 1)
-        why = f", and {draws} draws cannot reach p < {alpha}" if floor >= alpha else ""
-        return f"no evidence: top-{k} hurts no more than random-{k} ({p_text}{why})"
-    if effect_random > 0:
-        return f"top-{k} hurts {effect_top / effect_random:.1f}x more than random-{k} ({p_text})"
-    return f"top-{k} hurts, random-{k} does not ({p_text})"
+        if floor < alpha:
+            return f"no evidence: top-{k} hurts no more than random-{k} ({p_text})"
+        if p_value <= floor:  # no random set hurt as much: only the draws are too few
+            return (
+                f"no evidence yet: {how_much}, but {draws} draws cannot reach p < {alpha} "
+                f"({p_text})"
+            )
+        return (
+            f"no evidence: top-{k} hurts no more than random-{k} ({p_text}, and {draws} draws "
+            f"cannot reach p < {alpha})"
+        )
+    return f"{how_much} ({p_text})"
 
 
 #: Size of the top set the split-half stability of a head table compares.

@@ -104,6 +104,12 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", default="512,1024,2048,4096", help="comma-separated lengths")
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
     p.add_argument("--no-eager", action="store_true", help="skip the eager-with-maps column")
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="also measure each length with N busy processes of our own beside it (0-16)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -112,15 +118,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Time head statistics against a plain SDPA forward (:mod:`workbench.bench`)."""
     from probes.checks import integer
     from workbench.bench import rows_as_json, run_bench
+    from workbench.busy_load import MAX_LOAD
 
     parse_seqs(args.seq)  # the syntax, before the model loads
     integer("--repeat", args.repeat, minimum=1)
+    integer("--load", args.load, minimum=0, maximum=MAX_LOAD)
     lm = load(args)
     seqs = parse_seqs(args.seq, lm.info.max_context)
     log = None if args.json else print
     if log:
         print(f"{lm.info.name} on {lm.device}, {lm.info.dtype}, batch 1, repeat {args.repeat}")
-    rows = run_bench(lm, seqs, repeat=args.repeat, eager=not args.no_eager, log=log)
+    rows = run_bench(lm, seqs, repeat=args.repeat, eager=not args.no_eager, log=log, load=args.load)
     if args.json:
         print(json.dumps(rows_as_json(lm, rows)))
     return 0

@@ -1,0 +1,168 @@
+"""Many prompts, few forwards: batched statistics and captures with exact per-prompt records.
+
+:func:`run_batched` is what ``lm.run_statistics(prompts)`` and ``lm.run_capture(prompts)`` do
+with a list: encode every prompt, group them into batches of similar length (longest first,
+so the first batch shows at once whether memory suffices), right-pad each batch, run one
+forward per batch inside :func:`probes.padding.right_padded` (pad rows are invisible to every
+statistic) and cut the batch's records into one set per prompt
+(:func:`probes.padding.split_records`). Results come back in the prompts' order and equal a
+one-prompt-at-a-time run up to float rounding (tests/integration/test_batching.py).
+
+``batch_size="auto"`` sizes batches from free memory (:func:`auto_batch_size`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from probes.checks import ArgumentError, describe, integer
+from probes.memory import available_bytes
+from probes.padding import right_padded, split_records
+from workbench.generation import pad_id
+
+if TYPE_CHECKING:
+    from probes import HookSession, ProbeRecords
+    from workbench.lm import Encoded, LoadedModel
+
+#: Largest batch ``"auto"`` picks, whatever the memory.
+MAX_AUTO_BATCH = 32
+#: Share of free memory one batch's forward may take under ``"auto"``.
+AUTO_MEMORY_FRACTION = 0.25
+
+
+def forward_bytes_per_token(lm: LoadedModel) -> int:
+    """Rough peak bytes one token adds to a forward without KV cache: its logits row, a few
+    residual-stream copies and the MLP's intermediate activations (float32 or the model's
+    dtype), which dominate for the models the workbench runs."""
+    cfg = lm.model.config
+    width = lm.model.dtype.itemsize if hasattr(lm.model, "dtype") else 4
+    hidden = int(getattr(cfg, "hidden_size", 0) or lm.info.n_heads * 64)
+    inter = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    return 4 * vocab + width * (8 * hidden + 3 * inter)
+
+
+def auto_batch_size(lm: LoadedModel, longest: int) -> int:
+    """Prompts of up to ``longest`` tokens per batch so that one forward takes at most
+    :data:`AUTO_MEMORY_FRACTION` of the free memory of the model's device (1 to
+    :data:`MAX_AUTO_BATCH`)."""
+    budget = available_bytes(lm.device) * AUTO_MEMORY_FRACTION
+    per_prompt = forward_bytes_per_token(lm) * max(1, longest)
+    return int(max(1, min(MAX_AUTO_BATCH, budget // per_prompt)))
+
+
+def check_batch_size(batch_size: int | str) -> int | str:
+    """``"auto"`` or an integer >= 1, else :class:`~probes.checks.ArgumentError`."""
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            raise ArgumentError(
+                f'batch_size must be "auto" or an integer >= 1, got {describe(batch_size)}'
+            )
+        return batch_size
+    return integer("batch_size", batch_size, minimum=1)
+
+
+def length_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of at most ``batch_size``, longest first (similar
+    lengths share a batch, so little is padded)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def right_pad(encodings: Sequence[Encoded], pad: int) -> torch.Tensor:
+    """``(B, max L)`` ids, each row its prompt followed by ``pad``."""
+    width = max(e.n_tokens for e in encodings)
+    ids = torch.full((len(encodings), width), int(pad), dtype=torch.long)
+    for row, enc in enumerate(encodings):
+        ids[row, : enc.n_tokens] = enc.input_ids[0]
+    return ids
+
+
+def encode_all(lm: LoadedModel, prompts: Sequence[str | Encoded], chat: bool) -> list[Encoded]:
+    """Every prompt of a list encoded and checked (its index named in an error) before any
+    forward."""
+    from workbench.errors import WorkbenchError
+
+    if isinstance(prompts, (bytes, dict)) or not isinstance(prompts, Sequence):
+        raise ArgumentError(
+            f"prompt must be a string, an Encoded or a list of them, got {describe(prompts)}"
+        )
+    if not prompts:
+        raise ArgumentError("the list of prompts is empty: give at least one prompt")
+    encs = []
+    for i, p in enumerate(prompts):
+        try:
+            encs.append(lm.encode(p, chat=chat))
+        except WorkbenchError as exc:
+            raise type(exc)(f"prompt {i}: {exc}") from None
+    return encs
+
+
+def run_batched(
+    lm: LoadedModel,
+    encodings: Sequence[Encoded],
+    make_probe: Callable[[], HookSession],
+    *,
+    batch_size: int | str = "auto",
+    pooled_block: int | None = None,
+    check: Callable[[HookSession, Sequence[Encoded]], Any] | None = None,
+    progress: bool | None = None,
+) -> list[ProbeRecords]:
+    """One probe's records per encoding, from right-padded batched forwards.
+
+    Args:
+        lm: the model.
+        encodings: the prompts, already encoded (checked against the context).
+        make_probe: a new probe (``Statistics`` or ``Capture``) for each batch.
+        batch_size: prompts per forward, or ``"auto"`` (:func:`auto_batch_size`).
+        pooled_block: the statistics probe's pooled block size, if it keeps a pooled map.
+        check: ``check(probe, batch)`` before each forward (spans, memory); raises to refuse.
+        progress: a progress bar over batches (default: when there is more than one).
+
+    Returns:
+        A list, in the order of ``encodings``, of records shaped as one-prompt forwards'.
+    """
+    from workbench.lm import kernel_errors_translated
+
+    size = check_batch_size(batch_size)
+    if not encodings:
+        raise ArgumentError("prompts is empty: give at least one prompt")
+    lengths = [e.n_tokens for e in encodings]
+    if size == "auto":
+        size = auto_batch_size(lm, max(lengths))
+    groups = length_groups(lengths, int(size))
+    probes_ = [make_probe() for _ in groups]  # every argument checked before any forward
+    if check is not None:
+        for probe, group in zip(probes_, groups, strict=True):
+            check(probe, [encodings[i] for i in group])
+    out: list[ProbeRecords | None] = [None] * len(encodings)
+    show = len(groups) > 1 if progress is None else bool(progress)
+    pad = pad_id(lm.tokenizer)
+    bar = tqdm(total=len(encodings), desc="prompts", unit="prompt", disable=not show)
+    with bar:
+        for probe, group in zip(probes_, groups, strict=True):
+            batch = [encodings[i] for i in group]
+            ids = right_pad(batch, pad).to(lm.device)
+            n = [e.n_tokens for e in batch]
+            with right_padded(n), probe, torch.no_grad(), kernel_errors_translated("forward"):
+                lm.model(input_ids=ids, use_cache=False)
+            split = split_records(probe.records, n, pooled_block)
+            for i, records in zip(group, split, strict=True):
+                out[i] = records
+            bar.update(len(group))
+    return [r for r in out if r is not None]
+
+
+__all__ = [
+    "auto_batch_size",
+    "check_batch_size",
+    "encode_all",
+    "forward_bytes_per_token",
+    "length_groups",
+    "right_pad",
+    "run_batched",
+]
