@@ -13,13 +13,14 @@ one-prompt-at-a-time run up to float rounding (tests/integration/test_batching.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from probes.checks import ArgumentError, describe, integer
+from probes.errors import CaptureTooLargeError
 from probes.memory import available_bytes
 from probes.padding import right_padded, split_records
 from workbench.generation import pad_id
@@ -157,12 +158,107 @@ def run_batched(
     return [r for r in out if r is not None]
 
 
+def iter_batched(
+    lm: LoadedModel,
+    encodings: Sequence[Encoded],
+    make_probe: Callable[[], HookSession],
+    *,
+    batch_size: int | str = "auto",
+    pooled_block: int | None = None,
+    check: Callable[[HookSession, Sequence[Encoded]], Any] | None = None,
+) -> Iterator[tuple[Encoded, ProbeRecords]]:
+    """``(encoding, records)`` per prompt, in the given order, one forward per run of
+    ``batch_size`` consecutive prompts (computed when the first of them is asked for).
+
+    What an analyzer's per-prompt loop iterates: its progress bar and Ctrl-C handling stay
+    per prompt, and an interruption loses at most the batch in flight. Arguments as in
+    :func:`run_batched`; every batch is checked (``check``) before the first forward."""
+    size = check_batch_size(batch_size)
+    encodings = list(encodings)
+    if not encodings:
+        return
+    if size == "auto":
+        size = auto_batch_size(lm, max(e.n_tokens for e in encodings))
+    chunks = [encodings[i : i + int(size)] for i in range(0, len(encodings), int(size))]
+    if check is not None:
+        for chunk in chunks:
+            check(make_probe(), chunk)
+    for chunk in chunks:
+        records = run_batched(
+            lm, chunk, make_probe, batch_size=len(chunk), pooled_block=pooled_block, progress=False
+        )
+        yield from zip(chunk, records, strict=True)
+
+
+def statistics_over(
+    lm: LoadedModel,
+    prompts: Sequence[str | Encoded],
+    *,
+    chat: bool = False,
+    batch_size: int | str = "auto",
+    stream: bool = False,
+    **statistics_kwargs: Any,
+) -> list[tuple[Encoded, ProbeRecords]] | Iterator[tuple[Encoded, ProbeRecords]]:
+    """``lm.run_statistics`` over a list of prompts: ``(encoded, records)`` per prompt, in
+    order, from right-padded batches. ``stream=True`` returns :func:`iter_batched`'s iterator
+    (consecutive batches, computed as they are asked for), for per-prompt loops. The probe's
+    arguments, every prompt and every span are checked before the first forward."""
+    probe = lm.statistics(**statistics_kwargs)
+    encs = encode_all(lm, prompts, chat)
+    for enc in encs:
+        probe.check_prompt(enc.n_tokens)
+    kw = {"batch_size": batch_size, "pooled_block": probe.spec.pooled_block}
+    if stream:
+        return iter_batched(lm, encs, lambda: lm.statistics(**statistics_kwargs), **kw)
+    records = run_batched(lm, encs, lambda: lm.statistics(**statistics_kwargs), **kw)
+    return list(zip(encs, records, strict=True))
+
+
+def captures_over(
+    lm: LoadedModel,
+    prompts: Sequence[str | Encoded],
+    *,
+    chat: bool = False,
+    batch_size: int | str = "auto",
+    stream: bool = False,
+    **capture_kwargs: Any,
+) -> list[tuple[Encoded, ProbeRecords]] | Iterator[tuple[Encoded, ProbeRecords]]:
+    """``lm.run_capture`` over a list of prompts, as :func:`statistics_over`; the memory of
+    every whole batch's kept tensors is checked before the first forward."""
+    probe = lm.capture(**capture_kwargs)
+    encs = encode_all(lm, prompts, chat)
+    for enc in encs:
+        probe.check_prompt(enc.n_tokens)
+
+    def fits(cap: Any, batch: Sequence[Encoded]) -> None:
+        cap.check_fits(max(e.n_tokens for e in batch), batch=len(batch))
+
+    if check_batch_size(batch_size) == "auto":  # as many as fit, kept maps included
+        longest = max(e.n_tokens for e in encs)
+        batch_size = auto_batch_size(lm, longest)
+        while batch_size > 1:
+            try:
+                probe.check_fits(longest, batch=batch_size)
+                break
+            except CaptureTooLargeError:
+                batch_size //= 2
+
+    kw = {"batch_size": batch_size, "check": fits}
+    if stream:
+        return iter_batched(lm, encs, lambda: lm.capture(**capture_kwargs), **kw)
+    records = run_batched(lm, encs, lambda: lm.capture(**capture_kwargs), **kw)
+    return list(zip(encs, records, strict=True))
+
+
 __all__ = [
     "auto_batch_size",
+    "captures_over",
     "check_batch_size",
     "encode_all",
     "forward_bytes_per_token",
+    "iter_batched",
     "length_groups",
     "right_pad",
     "run_batched",
+    "statistics_over",
 ]

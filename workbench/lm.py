@@ -32,7 +32,7 @@ from probes.checks import (
     unknown_keywords,
 )
 from workbench.architectures import layout_of
-from workbench.batching import check_batch_size, encode_all, run_batched
+from workbench.batching import captures_over, check_batch_size, statistics_over
 from workbench.errors import (
     EmptyPromptError,
     HeadOutOfRangeError,
@@ -299,17 +299,7 @@ class LoadedModel:
             with stats:
                 self.forward(enc)
             return enc, stats.records
-        encs = encode_all(self, prompt, chat)
-        for enc in encs:
-            stats.check_prompt(enc.n_tokens)
-        records = run_batched(
-            self,
-            encs,
-            lambda: self.statistics(**statistics_kwargs),
-            batch_size=batch_size,
-            pooled_block=stats.spec.pooled_block,
-        )
-        return list(zip(encs, records, strict=True))
+        return statistics_over(self, prompt, chat=chat, batch_size=batch_size, **statistics_kwargs)
 
     def run_capture(
         self,
@@ -332,21 +322,7 @@ class LoadedModel:
             with cap:
                 self.forward(enc)
             return enc, cap.records
-        encs = encode_all(self, prompt, chat)
-        for enc in encs:
-            cap.check_prompt(enc.n_tokens)
-
-        def fits(probe: Capture, batch: Sequence[Encoded]) -> None:
-            probe.check_fits(max(e.n_tokens for e in batch), batch=len(batch))
-
-        records = run_batched(
-            self,
-            encs,
-            lambda: self.capture(**capture_kwargs),
-            batch_size=batch_size,
-            check=fits,
-        )
-        return list(zip(encs, records, strict=True))
+        return captures_over(self, prompt, chat=chat, batch_size=batch_size, **capture_kwargs)
 
 
 def _known_keywords(where: str, given: dict[str, Any], method: Any) -> None:

@@ -92,19 +92,21 @@ def test_induction_causal_evidence_is_reported(lm):
 
 
 def test_scan_interrupt_keeps_finished_prompts(lm, monkeypatch):
+    """Ctrl-C during the second batch: the first batch's prompts are kept, nothing else."""
+    from workbench import batching
     from workbench.analyzers import sinks
 
     calls = {"n": 0}
-    real = type(lm).run_statistics
+    real = batching.run_batched
 
-    def flaky(self, prompt, **kw):
+    def flaky(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(self, prompt, **kw)
+        return real(*args, **kw)
 
-    monkeypatch.setattr(type(lm), "run_statistics", flaky)
-    df = sinks.SinkAnalyzer().run(lm, PROMPTS, progress=False)
+    monkeypatch.setattr(batching, "run_batched", flaky)
+    df = sinks.SinkAnalyzer().run(lm, PROMPTS, progress=False, batch_size=1)
     assert df.attrs["interrupted"] and df.attrs["prompts_used"] == 1
     assert "causal" not in df.attrs
 

@@ -130,3 +130,22 @@ def test_bad_prompt_in_the_list_is_named(lm, forwards):
         lm.run_statistics(["fine", "   ", "fine too"], layers=[0])
     with pytest.raises(ArgumentError, match="empty"):
         lm.run_statistics([], layers=[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("sinks", {}), ("induction", {}), ("previous_token", {"exclude_bos": True})],
+)
+def test_batching_analyzers_score_as_one_prompt_at_a_time(lm, name, extra):
+    """Every statistic-path analyzer that batches: the same table with prompts of very
+    different lengths in one batch as one prompt per forward."""
+    from workbench.analyzers import analyze
+
+    kw = dict(prompts=PROMPTS, causal=False, progress=False, **extra)
+    one = analyze(name, lm, batch_size=1, **kw)
+    batched = analyze(name, lm, batch_size=4, **kw)
+    numeric = [c for c in one.columns if one[c].dtype.kind in "fc"]
+    assert "score" in numeric and "score_lo" in numeric
+    err = (batched[numeric] - one[numeric]).abs().max().max()
+    assert err <= TOL, f"{name}: max error {err:.2e}"
+    assert (batched["head_id"] == one["head_id"]).all()

@@ -28,6 +28,7 @@ from workbench.analyzers.metrics import next_token_losses
 from workbench.analyzers.params import Check, count, flag
 from workbench.analyzers.prompts import as_items, bundled_text
 from workbench.analyzers.sinks import corpus_windows
+from workbench.batching import captures_over
 from workbench.lm import LoadedModel
 
 #: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes); quick mode
@@ -145,9 +146,12 @@ class PatternAnalyzer(Analyzer):
         seed: int = 0,
         ranking: Sequence[tuple[int, int]] | None = None,
         quick: bool = False,
+        batch_size: int | str = "auto",
     ) -> pd.DataFrame:
         """``ranking``: heads for the causal check, best first (default: this run's top-k).
-        ``quick``: the small task of :data:`QUICK` (weak evidence, said in ``attrs``)."""
+        ``quick``: the small task of :data:`QUICK` (weak evidence, said in ``attrs``).
+        ``batch_size``: prompts per forward (``"auto"``: from free memory, and every batch's
+        maps must fit); batched scores equal one-prompt-at-a-time scores."""
         items = as_items(prompts)
         if not items:
             items = self.default_items(
@@ -161,14 +165,13 @@ class PatternAnalyzer(Analyzer):
                     f"{self.name}: prompt {i} ({items[i]['prompt']!r:.60}) has {enc.n_tokens} "
                     "token(s); the pattern needs at least 2"
                 )
-        lm.capture().check_fits(max(enc.n_tokens for enc in encoded))  # every map, every head
         n_layers = lm.info.n_layers
         scores: list[torch.Tensor] = []  # (layers, heads) per prompt
         encodings = []
+        stream = captures_over(lm, encoded, batch_size=batch_size, stream=True)
         with Scan(encoded, self.name, progress) as scan:
-            for enc in scan:
+            for _, (enc, rec) in zip(scan, stream, strict=False):
                 pattern = type(self).pattern_fn(enc.input_ids[0])
-                _, rec = lm.run_capture(enc)
                 one = [
                     pattern_score(
                         rec[layer].maps[0],

@@ -297,6 +297,13 @@ def context(lm: LoadedModel) -> int:
     return lm.info.max_context
 
 
+def batch_size_check(name: str, value: Any, lm: LoadedModel | None) -> int | str:
+    """Prompts per forward: ``"auto"`` (sized from free memory) or an integer >= 1."""
+    from workbench.batching import check_batch_size
+
+    return check_batch_size(value)
+
+
 #: Checks of the parameters many analyzers share (an analyzer's own ``checks`` override them).
 COMMON: dict[str, Check] = {
     "progress": progress_check,
@@ -312,12 +319,14 @@ COMMON: dict[str, Check] = {
     "system": words(),
     "max_new_tokens": count(1, context),
     "quick": flag(),
+    "batch_size": batch_size_check,
 }
 
 
 __all__ = [
     "COMMON",
     "Check",
+    "batch_size_check",
     "count",
     "file_or_items",
     "flag",

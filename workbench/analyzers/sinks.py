@@ -25,6 +25,7 @@ from workbench.analyzers.frames import INTERVAL_COLUMNS
 from workbench.analyzers.metrics import next_token_losses
 from workbench.analyzers.params import Check, count, one_of, real
 from workbench.analyzers.prompts import as_items, bundled_text
+from workbench.batching import statistics_over
 from workbench.lm import LoadedModel
 from workbench.model_parts import sink_logits
 
@@ -174,9 +175,12 @@ class SinkAnalyzer(Analyzer):
         seed: int = 0,
         ranking: Sequence[tuple[int, int]] | None = None,
         quick: bool = False,
+        batch_size: int | str = "auto",
     ) -> pd.DataFrame:
         """``ranking``: heads for the causal check, best first (default: this run's top-k).
-        ``quick``: the small task of :data:`QUICK` (weak evidence, said in ``attrs``)."""
+        ``quick``: the small task of :data:`QUICK` (weak evidence, said in ``attrs``).
+        ``batch_size``: prompts per forward (``"auto"``: from free memory); batched scores
+        equal one-prompt-at-a-time scores (:mod:`workbench.batching`)."""
         items = as_items(prompts) or self.default_items(
             lm, n_prompts=n_prompts, prompt_tokens=prompt_tokens
         )
@@ -189,11 +193,12 @@ class SinkAnalyzer(Analyzer):
         has_learned = False
         token_counts: Counter[str] = Counter()
         encodings = []
+        stream = statistics_over(
+            lm, encoded, batch_size=batch_size, stream=True, received=True, entropy=False,
+            argmax=False, distance=False,
+        )  # fmt: skip
         with Scan(encoded, "sinks", progress) as scan:
-            for enc in scan:
-                enc, rec = lm.run_statistics(
-                    enc, received=True, entropy=False, argmax=False, distance=False
-                )
+            for _, (enc, rec) in zip(scan, stream, strict=False):
                 sink = torch.stack([rec[layer].stats["sink"][0] for layer in range(n_layers)])
                 sink = sink.double()  # (layers, heads, T)
                 first_items.append(sink[..., 0])
