@@ -8,7 +8,7 @@ from torch import Tensor
 from kernels.blockwise import blockwise_attention
 from kernels.errors import KernelInputError
 from kernels.problem import BACKENDS, Problem, build_problem
-from kernels.reference import reference_attention
+from kernels.reference import dense_attention, reference_attention
 from kernels.requests import FLOAT_STATISTICS, AttentionResult, StatsRequest
 from kernels.triton_support import triton_status
 
@@ -22,8 +22,22 @@ def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
     return tuple(names)
 
 
+#: ``backend="auto"`` runs problems of at most this many query rows, and at most
+#: :data:`DENSE_MAX_ELEMENTS` map elements, densely (:func:`kernels.reference.dense_attention`).
+DENSE_MAX_ROWS = 16
+DENSE_MAX_ELEMENTS = 1 << 22
+
+
+def dense_is_faster(p: Problem) -> bool:
+    """Whether ``auto`` takes the dense path: a few query rows (a decode step against the
+    cache) on the CPU, where the blockwise sweep's per-block overhead costs more than the map."""
+    return (
+        not p.q.is_cuda and p.Lq <= DENSE_MAX_ROWS and p.B * p.H * p.Lq * p.Lk <= DENSE_MAX_ELEMENTS
+    )
+
+
 def _cast_reference(res: AttentionResult, p: Problem) -> AttentionResult:
-    """The float64 reference, returned in the dtypes of the contract."""
+    """A dense result (float64 reference or float32 dense), in the dtypes of the contract."""
     sd = p.stat_dtype
     for name in ("lse", *FLOAT_STATISTICS):
         t = getattr(res, name)
@@ -110,6 +124,8 @@ def attention(
         sinks=sinks,
     )
     if backend == "auto":
+        if dense_is_faster(p):
+            return _cast_reference(dense_attention(p, p.stat_dtype), p)
         backend = "triton" if p.q.is_cuda and triton_status(p.q.device) is None else "torch"
     if backend == "reference":
         return _cast_reference(reference_attention(p), p)

@@ -1,6 +1,9 @@
-"""Float64 eager reference: materialises the full (B, H, Lq, Lk) maps. Ground truth for tests.
+"""Dense attention: materialises the full (B, H, Lq, Lk) maps.
 
-Never use this on long inputs: memory is quadratic in the sequence length.
+In float64 (:func:`reference_attention`) it is the ground truth of the tests; in float32
+(:func:`dense_attention`) it is the fast path for problems with a few query rows (decode steps:
+one query against the cache), where the blockwise sweep's per-block overhead costs more than
+the whole map. Never use it on long inputs: memory is quadratic in the sequence length.
 """
 
 from __future__ import annotations
@@ -44,34 +47,40 @@ def pool_tiles(a: Tensor, b: int) -> Tensor:
 
 def reference_attention(p: Problem) -> AttentionResult:
     """Exact attention and every requested statistic, all in float64 (output too)."""
-    f64 = torch.float64
-    q, k, v = p.q.to(f64), p.k.to(f64), p.v.to(f64)
-    k = k.repeat_interleave(p.group, dim=1)
-    v = v.repeat_interleave(p.group, dim=1)
-    s = (q @ k.transpose(-1, -2)) * p.scale
+    return dense_attention(p, torch.float64, backend="reference")
+
+
+def dense_attention(p: Problem, dtype: torch.dtype, backend: str = "dense") -> AttentionResult:
+    """Attention and every requested statistic from the full maps, computed in ``dtype``
+    (output and statistics in ``dtype``: cast them for the contract). GQA without copies:
+    the ``group`` query heads of a KV head are stacked as rows of one product."""
+    B, H, Hkv, Lq, Lk, D = p.B, p.H, p.Hkv, p.Lq, p.Lk, p.D
+    q = p.q.to(dtype).reshape(B, Hkv, p.group * Lq, D)
+    k, v = p.k.to(dtype), p.v.to(dtype)
+    s = (q @ k.transpose(-1, -2)).view(B, H, Lq, Lk) * p.scale
     if p.softcap is not None:
         s = p.softcap * torch.tanh(s / p.softcap)
     if p.score_bias is not None:
-        s = s + p.score_bias.to(f64)[:, :, None, :]
+        s = s + p.score_bias.to(dtype)[:, :, None, :]
     vis = visibility(p)
     s = s.masked_fill(~vis, -math.inf)
     lse = torch.logsumexp(s, dim=-1)
     sink = None
     if p.sinks is not None:  # the sink column joins the softmax denominator
-        sink = p.sinks.to(f64)[None, :, None].expand_as(lse)
+        sink = p.sinks.to(dtype)[None, :, None].expand_as(lse)
         lse = torch.logaddexp(lse, sink)
     valid = torch.isfinite(lse)
     a = torch.where(valid[..., None], torch.exp(s - lse[..., None]), 0.0)
-    out = a @ v
+    out = (a.view(B, Hkv, p.group * Lq, Lk) @ v).view(B, H, Lq, D)
     if p.head_scale is not None:
-        out = out * p.head_scale.to(f64)[None, :, None, None]
-    res = AttentionResult(output=out.transpose(1, 2).contiguous(), lse=lse, backend="reference")
+        out = out * p.head_scale.to(dtype)[None, :, None, None]
+    res = AttentionResult(output=out.transpose(1, 2).contiguous(), lse=lse, backend=backend)
     if sink is not None:
         res.sink_mass = torch.exp(sink - lse)
     st = p.stats
     if st.received:
         res.received = a.sum(dim=-2)
-        count = vis.expand(p.B, p.H, p.Lq, p.Lk).sum(dim=-2).to(f64)
+        count = vis.expand(p.B, p.H, p.Lq, p.Lk).sum(dim=-2).to(dtype)
         res.sink = torch.where(count > 0, res.received / count.clamp(min=1), 0.0)
     if st.entropy:
         res.entropy = -torch.special.xlogy(a, a).sum(dim=-1)
@@ -83,8 +92,8 @@ def reference_attention(p: Problem) -> AttentionResult:
     if st.spans:
         res.span_mass = torch.stack([a[..., s0:s1].sum(dim=-1) for s0, s1 in st.spans], dim=-1)
     if st.distance:
-        pos = p.offset + torch.arange(p.Lq, device=a.device, dtype=f64)
-        dist = pos[:, None] - torch.arange(p.Lk, device=a.device, dtype=f64)[None, :]
+        pos = p.offset + torch.arange(p.Lq, device=a.device, dtype=dtype)
+        dist = pos[:, None] - torch.arange(p.Lk, device=a.device, dtype=dtype)[None, :]
         res.distance = (a * dist).sum(dim=-1)
     if st.pooled_block is not None:
         res.pooled = pool_tiles(a, st.pooled_block)

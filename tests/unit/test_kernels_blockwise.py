@@ -217,7 +217,7 @@ def test_non_contiguous_inputs():
 
 def test_result_layout_and_dtypes():
     q, k, v = qkv(b=2, lq=9)
-    res = attention(q, k, v, stats=StatsRequest.all(pooled_block=4))
+    res = attention(q, k, v, stats=StatsRequest.all(pooled_block=4), backend="torch")
     assert isinstance(res, AttentionResult) and res.backend == "torch"
     assert res.output.shape == (2, 9, 6, 16) and res.output.is_contiguous()
     assert res.lse.dtype == torch.float32 and res.argmax.dtype == torch.int64
@@ -233,9 +233,35 @@ def test_reference_backend_matches_reference():
     torch.testing.assert_close(res.entropy, ref.entropy.float())
 
 
-def test_auto_uses_torch_on_cpu():
-    q, k, v = qkv(lq=8)
+def test_auto_uses_dense_for_a_few_rows_and_torch_beyond_on_cpu():
+    from kernels.dispatch import DENSE_MAX_ROWS
+
+    q, k, v = qkv(lq=DENSE_MAX_ROWS)
+    assert attention(q, k, v).backend == "dense"
+    q, k, v = qkv(lq=DENSE_MAX_ROWS + 1)
     assert attention(q, k, v).backend == "torch"
+
+
+@pytest.mark.parametrize("lq", [1, 3, 16])
+def test_dense_decode_rows_match_blockwise_and_reference(lq):
+    """A decode step (few query rows against a longer cache, GQA, every statistic): the dense
+    path of ``auto`` equals the blockwise sweep and the float64 reference."""
+    g = torch.Generator().manual_seed(lq)
+    q = torch.randn(2, 6, lq, 16, generator=g)
+    k = torch.randn(2, 2, 70, 16, generator=g)
+    v = torch.randn(2, 2, 70, 16, generator=g)
+    st = StatsRequest(
+        received=True, entropy=True, argmax=True, distance=True, spans=((0, 5),), pooled_block=8
+    )
+    dense = attention(q, k, v, stats=st)
+    blockwise = attention(q, k, v, stats=st, backend="torch")
+    ref = reference_for(q, k, v, stats=st)
+    assert dense.backend == "dense" and dense.output.dtype == torch.float32
+    for name in ("output", "lse", "received", "sink", "entropy", "argmax_prob", "distance",
+                 "span_mass", "pooled"):  # fmt: skip
+        torch.testing.assert_close(getattr(dense, name), getattr(blockwise, name))
+        torch.testing.assert_close(getattr(dense, name), getattr(ref, name).float())
+    assert torch.equal(dense.argmax, ref.argmax)
 
 
 PEAK_SCRIPT = textwrap.dedent(
