@@ -132,6 +132,48 @@ def test_scan_params_reach_the_analyzer(tmp_path, capsys, lm):
     assert meta["params"]["prompt_tokens"] == 24
 
 
+def test_scan_quick_prints_stability_verdict_and_weak_evidence(tmp_path, capsys, lm):
+    import math
+
+    import pandas as pd
+
+    from workbench.analyzers import get_analyzer
+    from workbench.analyzers.base import QUICK_NOTE
+
+    prompts = tmp_path / "p.txt"
+    words = ["one two three four", "red green blue black", "cat dog cow hen", "oak elm ash fir"]
+    prompts.write_text("".join(f"{w} {w}\n" for w in words) + "sun moon star sky sun moon\n")
+    out = tmp_path / "ind.csv"
+    args = ["scan", "--analyzer", "induction", "--prompts", str(prompts), "--top", "2"]
+    assert main([*args, "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    text = (tmp_path / "ind.csv.json").read_text()
+    meta = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    # --quick reached the analyzer: its attrs say so and its causal check ran quick's draws
+    assert meta["quick"] is True and meta["note"] == QUICK_NOTE
+    assert meta["causal"]["draws"] == type(get_analyzer("induction")).quick_params["draws"]
+    assert len(meta["causal"]["random_k"]) == meta["causal"]["draws"]
+    assert meta["params"]["causal_prompts"] == 4 and meta["prompts_used"] == 5
+    # the verdict, the stability and the note are printed, with the analyzer's values
+    causal, stab = meta["causal"], meta["stability"]
+    verdict = next(line for line in printed if line.startswith(causal["verdict"]))
+    lo, hi = causal["effect_top_lo"], causal["effect_top_hi"]
+    if lo is not None and math.isfinite(lo):
+        assert f"95% CI [{lo:.3g}, {hi:.3g}]" in verdict
+    assert (
+        f"ranking stability: split-half Spearman {stab['spearman']:.2f} "
+        f"(min {stab['spearman_min']:.2f}), top-{stab['k']} overlap {stab['top_k_overlap']:.2f}"
+    ) in printed[printed.index(verdict) - 1]
+    assert stab["items_per_half"] == 2
+    assert printed[-1] == QUICK_NOTE
+    # the top heads with their intervals, as in the table
+    df = pd.read_csv(out)
+    best = df.nlargest(1, "score").iloc[0]
+    top_line = next(line for line in printed if line.startswith("top heads: "))
+    first = f"{best.head_id} {best.score:.3f} [{best.score_lo:.3f}, {best.score_hi:.3f}]"
+    assert top_line.startswith(f"top heads: {first}")
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [

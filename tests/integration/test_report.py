@@ -10,6 +10,9 @@ bit for bit.
 
 from __future__ import annotations
 
+import contextlib
+import html
+import io
 import json
 import os
 import random
@@ -95,6 +98,19 @@ def reference(tmp_path_factory, prompts) -> Path:
     assert main(report_args(prompts, out, "--quiet")) == 0
     (out / "wall_s.txt").write_text(f"{time.perf_counter() - start:.1f}")
     return out
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory, prompts) -> tuple[Path, str]:
+    """The same small report with --quick and without --draws (quick's own draws apply), and
+    what the command printed."""
+    out = tmp_path_factory.mktemp("quick") / "report"
+    args = report_args(prompts, out, "--quiet", "--no-png", "--quick")
+    del args[args.index("--draws") : args.index("--draws") + 2]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return out, printed.getvalue()
 
 
 class _Scripts(HTMLParser):
@@ -303,3 +319,76 @@ def test_two_real_models_side_by_side(prompts, tmp_path):
     assert (base[layer >= trained[0]] - org[layer >= trained[0]]).abs().max() > 1e-3
     grid = (out / "report.html").read_text(encoding="utf-8")
     assert "SmolLM2-135M-Instruct-refusal" in grid
+
+
+def _page_text(folder: Path) -> str:
+    return html.unescape((folder / "report.html").read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_quick_reaches_every_analyzer_and_says_the_evidence_is_weak(quick_report):
+    from workbench.analyzers import get_analyzer
+    from workbench.analyzers.base import QUICK_NOTE
+
+    out, printed = quick_report
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["params"]["quick"] is True and summary["params"]["draws"] is None
+    causal = pd.read_parquet(out / "evidence/causal.parquet").set_index("analyzer")
+    for name in ANALYZERS.split(","):
+        attrs = summary["analyzer_attrs"]["smollm2-135m-instruct"][name]
+        assert attrs["quick"] is True and attrs["note"] == QUICK_NOTE
+        quick_draws = type(get_analyzer(name)).quick_params["draws"]
+        assert attrs["causal"]["draws"] == quick_draws == causal.loc[name, "draws"]
+        assert len(attrs["causal"]["random_k"]) == quick_draws  # the draws really ran
+        assert bool(causal.loc[name, "quick"])
+    assert printed.splitlines()[-1] == QUICK_NOTE
+    page = _page_text(out)
+    assert QUICK_NOTE in page and "id='quick'" in page
+
+
+@pytest.mark.slow
+def test_tables_and_page_carry_the_analyzers_uncertainty(quick_report):
+    out, printed = quick_report
+    summary = json.loads((out / "summary.json").read_text())
+    every = summary["analyzer_attrs"]["smollm2-135m-instruct"]
+    causal = pd.read_parquet(out / "evidence/causal.parquet").set_index("analyzer")
+    heads = pd.read_csv(out / "heads.csv")
+    page = _page_text(out)
+    for name in ANALYZERS.split(","):
+        attrs, row = every[name], causal.loc[name]
+        c = attrs["causal"]
+        # the table's values are the analyzer's, not recomputed
+        for key in ("p_value", "ratio", "effect_top", "effect_random", "effect_top_lo"):
+            assert row[key] == pytest.approx(c[key], nan_ok=True), key
+        assert row["verdict"] == c["verdict"] and row["items"] == c["items"] == 4
+        assert c["verdict"] in page and c["verdict"] in printed
+        # split-half stability of the merged shards, on the page next to the scores
+        stab = attrs["stability"]
+        assert attrs["uncertainty"]["items"] == 4 and stab["items_per_half"] == 2
+        assert f"split-half Spearman {stab['spearman']:.2f}" in page
+        assert f"top-{stab['k']} overlap {stab['top_k_overlap']:.2f}" in page
+        # per-head intervals in heads.csv, equal to the analyzer's table
+        table = pd.read_parquet(out / f"evidence/{name}.parquet").set_index("head_id")
+        mine = heads.set_index("head_id")
+        for end in ("lo", "hi"):
+            got = mine[f"{name}.score_{end}"]
+            assert got.to_numpy() == pytest.approx(table.loc[got.index, f"score_{end}"].to_numpy())
+        assert (mine[f"{name}.score_lo"] <= mine[f"{name}.score"] + 1e-12).all()
+        # the per-item values stay in summary.json, out of the page
+        values = [v for item in attrs["per_item"] for layer in item for v in layer]
+        assert len(values) == 4 * 270
+        samples = [repr(v) for v in values if len(repr(v)) > 12][:20]
+        assert samples and not any(v in page for v in samples)
+    assert "per_item" not in page
+
+
+@pytest.mark.slow
+def test_draws_still_given_and_no_quick_banner(reference):
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["params"]["quick"] is False and summary["params"]["draws"] == 1
+    causal = pd.read_parquet(reference / "evidence/causal.parquet")
+    assert (causal["draws"] == 1).all() and not causal["quick"].any()
+    assert causal["verdict"].str.startswith("no evidence").all()  # p >= 1 / 2 with one draw
+    assert (causal["p_value"] >= 0.5).all() and (causal["p_min"] == 0.5).all()
+    page = _page_text(reference)
+    assert "id='quick'" not in page and "id='evidence'" in page

@@ -8,10 +8,14 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.cli.common import add_model_args, check_out_file, load
 from workbench.cli.registry import command
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def parse_params(analyzer: str, pairs: Sequence[str]) -> dict[str, object]:
@@ -63,6 +67,12 @@ def _scan_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="analyzer parameter, VALUE as JSON (repeatable), e.g. --param layers=[7,8]",
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the analyzer's quick mode: its small task and few random draws, for a first "
+        "look; the evidence is weak (the output says so)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -76,6 +86,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print(f"{name}\t{summary}")
         return 0
     from workbench.analyzers import analyze, get_analyzer, load_prompt_file
+    from workbench.serialize import jsonable
 
     if not args.analyzer:
         raise WorkbenchError("give --analyzer NAME (see `workbench scan --list`)")
@@ -92,6 +103,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if "top_k" in params:
             raise WorkbenchError("--top and --param top_k both given; give one of them")
         params["top_k"] = args.top
+    if args.quick:
+        if "quick" in params:
+            raise WorkbenchError("--quick and --param quick both given; give one of them")
+        params["quick"] = True
     check_params(args.analyzer, params)
     lm = load(args)
     df = analyze(args.analyzer, lm, prompts, progress=not args.quiet, **params)
@@ -102,16 +117,35 @@ def cmd_scan(args: argparse.Namespace) -> int:
         df.to_parquet(tmp, index=False)
     os.replace(tmp, out)
     meta = out.with_name(out.name + ".json")
-    meta.write_text(json.dumps(df.attrs, indent=2, default=str))
-    best = df.nlargest(5, "score")
+    meta.write_text(json.dumps(jsonable(df.attrs, finite=True), indent=2))
     print(f"wrote {out} ({len(df)} heads) and {meta.name}")
-    pairs = zip(best.head_id, best.score, strict=True)
-    print("top heads: " + ", ".join(f"{h} {v:.3f}" for h, v in pairs))
-    causal = df.attrs.get("causal")
-    if causal:
-        print(
+    for line in result_lines(df):
+        print(line)
+    return 0
+
+
+def _head(row: pd.Series) -> str:
+    """``L16H0 0.740 [0.702, 0.781]`` (the interval when the table has one)."""
+    text = f"{row['head_id']} {row['score']:.3f}"
+    lo, hi = row.get("score_lo"), row.get("score_hi")
+    if lo is not None and hi is not None and lo == lo and hi == hi:  # not NaN
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def result_lines(df: pd.DataFrame, top: int = 5) -> list[str]:
+    """What ``scan`` prints about a table: its ``top`` heads with their score intervals, the
+    causal check's values, then :func:`workbench.report.text.evidence_lines` (interval method,
+    split-half stability, causal verdict, the weak-evidence note of a quick run)."""
+    from workbench.report.text import evidence_lines
+
+    best = df.nlargest(top, "score")
+    lines = ["top heads: " + ", ".join(_head(row) for _, row in best.iterrows())]
+    causal = df.attrs.get("causal") or {}
+    if "base" in causal:
+        lines.append(
             f"causal ({causal['metric']}): base {causal['base']:.4f}, top-{causal['k']} "
             f"ablated {causal['top_k']:.4f}, random-{causal['k']} ablated "
             f"{causal['random_k_mean']:.4f}"
         )
-    return 0
+    return lines + evidence_lines(df.attrs)

@@ -8,7 +8,8 @@ Ray) and are merged, tabulated and rendered in the driver.
 Modules, one job each: :mod:`.plan` (units and the parameter fingerprint), :mod:`.store`
 (checkpoints and manifest), :mod:`.tasks` (what a worker does with a unit), :mod:`.executors`
 (serial and Ray), :mod:`.progress` (terminal bars), :mod:`.assemble` (merging and tables),
-:mod:`.render` (HTML and PNG), :mod:`.run` (the orchestration).
+:mod:`.render` (HTML and PNG), :mod:`.text` (one-line accounts of intervals, stability and
+causal verdicts, for the page and the command line), :mod:`.run` (the orchestration).
 """
 
 from __future__ import annotations

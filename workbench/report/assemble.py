@@ -76,10 +76,68 @@ def heads_table(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFra
     return out.sort_values(["model", "layer", "head"], kind="stable").reset_index(drop=True)
 
 
+#: The keys of :func:`workbench.analyzers.uncertainty.causal_significance` in a causal check,
+#: each a column of :func:`causal_table` (lists as comma-joined text).
+SIGNIFICANCE_KEYS = (
+    "effect_top",
+    "effect_random",
+    "effect_random_each",
+    "ratio",
+    "effect_top_lo",
+    "effect_top_hi",
+    "difference_lo",
+    "difference_hi",
+    "level",
+    "resamples",
+    "p_value",
+    "p_min",
+    "alpha",
+    "significant",
+    "verdict",
+)
+
+
+def _number(value: Any) -> float:
+    """``value`` as a float; NaN for None or anything that is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _joined(values: Any) -> str:
+    return ",".join(f"{_number(v):.6g}" for v in values or [])
+
+
+def _significance(c: Mapping[str, Any]) -> dict[str, Any]:
+    """The significance columns of one causal check (NaN / None where an older check lacks
+    them)."""
+    row: dict[str, Any] = {}
+    for key in SIGNIFICANCE_KEYS:
+        value = c.get(key)
+        if key == "effect_random_each":
+            row[key] = _joined(value)
+        elif key == "verdict":
+            row[key] = None if value is None else str(value)
+        elif key == "significant":
+            row[key] = None if value is None else bool(value)
+        elif key == "resamples":
+            row[key] = int(value) if value is not None else None
+        else:
+            row[key] = _number(value)
+    row["interval_note"] = c.get("interval_note")
+    return row
+
+
 def causal_table(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFrame:
     """One row per (model, analyzer) with a causal check: the metric with nothing ablated,
     with the top-k heads ablated and with k random same-layer heads ablated (mean and draws),
-    and the effects (ablated minus base)."""
+    the raw changes ``effect_top_k`` / ``effect_random_k`` (ablated minus base, in the metric's
+    units and sign), the number of task ``items``, and the significance of the comparison
+    (:data:`SIGNIFICANCE_KEYS`: ``effect_top`` / ``effect_random`` oriented so that positive
+    means "hurts", their ``ratio``, the top-k effect's bootstrap interval ``effect_top_lo/hi``
+    and that of the difference, the empirical ``p_value`` against the random draws, and the
+    one-line ``verdict``; see :func:`workbench.analyzers.uncertainty.causal_significance`)."""
     rows: list[dict[str, Any]] = []
     for model, frames in results.items():
         for analyzer, df in frames.items():
@@ -95,13 +153,53 @@ def causal_table(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFr
                     "mode": c.get("mode"),
                     "k": int(c.get("k", 0)),
                     "draws": int(c.get("draws", 0)),
+                    "items": int(c["items"]) if c.get("items") is not None else None,
                     "base": float(c["base"]),
                     "top_k": float(c["top_k"]),
                     "random_k_mean": float(c["random_k_mean"]),
-                    "random_k": ",".join(f"{v:.6g}" for v in c.get("random_k", [])),
+                    "random_k": _joined(c.get("random_k")),
                     "effect_top_k": float(c["top_k"]) - float(c["base"]),
                     "effect_random_k": float(c["random_k_mean"]) - float(c["base"]),
                     "top_heads": ",".join(c.get("top_heads", [])),
+                    **_significance(c),
+                    "quick": bool(df.attrs.get("quick", False)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def evidence_summary(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per (model, analyzer): how far to trust its ranking and its causal check.
+
+    Columns: ``items`` (task items the scores average over) and ``level`` of the score
+    intervals (``attrs["uncertainty"]``), the split-half rank stability (``attrs["stability"]``:
+    ``spearman``, ``spearman_min``, ``top_k_overlap`` of the top ``stability_k``), ``quick``,
+    and the causal check's ``verdict``, ``p_value``, ``ratio``, ``effect_top`` with its interval
+    ``effect_top_lo/hi`` and ``effect_random`` (NaN / None where the analyzer has none)."""
+    rows: list[dict[str, Any]] = []
+    for model, frames in results.items():
+        for analyzer, df in frames.items():
+            unc = df.attrs.get("uncertainty") or {}
+            stab = df.attrs.get("stability") or {}
+            c = df.attrs.get("causal") or {}
+            rows.append(
+                {
+                    "model": model,
+                    "analyzer": analyzer,
+                    "items": int(unc["items"]) if unc.get("items") is not None else None,
+                    "level": _number(unc.get("level")),
+                    "spearman": _number(stab.get("spearman")),
+                    "spearman_min": _number(stab.get("spearman_min")),
+                    "top_k_overlap": _number(stab.get("top_k_overlap")),
+                    "stability_k": int(stab["k"]) if stab.get("k") is not None else None,
+                    "quick": bool(df.attrs.get("quick", False)),
+                    "verdict": c.get("verdict", c.get("skipped")),
+                    "p_value": _number(c.get("p_value")),
+                    "ratio": _number(c.get("ratio")),
+                    "effect_top": _number(c.get("effect_top")),
+                    "effect_top_lo": _number(c.get("effect_top_lo")),
+                    "effect_top_hi": _number(c.get("effect_top_hi")),
+                    "effect_random": _number(c.get("effect_random")),
                 }
             )
     return pd.DataFrame(rows)

@@ -21,16 +21,16 @@ def _options(config: ReportConfig) -> None:
     for name, value, low in (
         ("--shard-size", config.shard_size, 1),
         ("--top-k", config.top_k, 1),
-        ("--draws", config.draws, 1),
         ("--seed", config.seed, 0),
         ("--examples", config.examples, 0),
         ("--workers", config.workers, 1),
     ):
         integer(name, value, minimum=low, error=ReportError)
     optional(integer, "--n-prompts", config.n_prompts, minimum=1, error=ReportError)
+    optional(integer, "--draws", config.draws, minimum=1, error=ReportError)
     number("--num-gpus", config.num_gpus, minimum=0)
     choice("--executor", config.executor, EXECUTORS)
-    for name in ("causal", "force", "quiet"):
+    for name in ("causal", "quick", "force", "quiet"):
         boolean(name, getattr(config, name))
     figure_formats(config.figures)
 

@@ -21,7 +21,10 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+"""Bumped when units compute something else for the same parameters (2: analyzer tables carry
+per-item values and intervals, causal checks their significance), so older checkpoints are
+never mixed into a new report."""
 
 
 class ReportError(WorkbenchError):
@@ -57,11 +60,16 @@ class ReportConfig:
     prompts_source: str | None = None
     shard_size: int = 4
     top_k: int = 5
-    draws: int = 3
+    draws: int | None = None
+    """Random control sets of every causal check; None: each analyzer's own default (39 for
+    checks that run forwards, 20 for checks that generate text; 3 under ``quick``)."""
     seed: int = 0
     causal: bool = True
     n_prompts: int | None = None
     examples: int = 2
+    quick: bool = False
+    """Every analyzer's ``quick`` mode: the small tasks (and few draws) for interactive use;
+    its evidence is weak, and the report says so."""
     # how it runs (not part of the fingerprint)
     executor: str = "serial"
     address: str | None = None
@@ -73,8 +81,12 @@ class ReportConfig:
     """Formats of the print-size figure files (``figures/<name>.<fmt>``): png, svg, pdf."""
 
     def analyzer_params(self) -> dict[str, Any]:
-        """Parameters every analyzer receives."""
-        params: dict[str, Any] = {"top_k": self.top_k, "draws": self.draws, "seed": self.seed}
+        """Parameters every analyzer receives (each takes those its ``run`` has:
+        :meth:`~workbench.analyzers.Analyzer.select`); ``draws`` and ``n_prompts`` only when
+        set, so that the analyzers' own defaults apply otherwise."""
+        params: dict[str, Any] = {"top_k": self.top_k, "seed": self.seed, "quick": self.quick}
+        if self.draws is not None:
+            params["draws"] = self.draws
         if self.n_prompts is not None:
             params["n_prompts"] = self.n_prompts
         return params
@@ -144,6 +156,7 @@ def fingerprint(config: ReportConfig, plans: list[AnalyzerPlan]) -> tuple[str, d
         "causal": config.causal,
         "n_prompts": config.n_prompts,
         "examples": config.examples,
+        "quick": config.quick,
     }
     blob = json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest(), params

@@ -13,9 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.analyzers.base import QUICK_NOTE
 from workbench.figure_export import find_chromium  # also imported from here by callers
 from workbench.print_layout import SVG_BUTTON
+from workbench.report.assemble import evidence_summary
 from workbench.report.store import atomic_write
+from workbench.report.text import brief_line, evidence_lines
 from workbench.serialize import jsonable
 
 #: Causal panels to a row in the figure files (two fit a double column; the HTML has four).
@@ -41,11 +44,20 @@ def grid_figure(analyzer: str, results: Results):
         z[df["layer"].to_numpy(), df["head"].to_numpy()] = df["score"].to_numpy(dtype=float)
         text = np.empty((n_layers, n_heads), dtype=object)
         text[df["layer"].to_numpy(), df["head"].to_numpy()] = df["head_id"].to_numpy()
+        interval = {}
+        if {"score_lo", "score_hi"} <= set(df.columns):  # hover shows the score's interval
+            span = np.full((n_layers, n_heads, 2), np.nan)
+            span[df["layer"].to_numpy(), df["head"].to_numpy()] = df[
+                ["score_lo", "score_hi"]
+            ].to_numpy(dtype=float)
+            interval = {"customdata": span}
+        hover = " [%{customdata[0]:.4f}, %{customdata[1]:.4f}]" if interval else ""
         fig.add_trace(
             go.Heatmap(
                 z=z,
                 text=text,
-                hovertemplate="%{text}: %{z:.4f}<extra></extra>",
+                **interval,
+                hovertemplate="%{text}: %{z:.4f}" + hover + "<extra></extra>",
                 colorscale="Viridis",
                 showscale=i == len(models),
             ),
@@ -123,6 +135,71 @@ def _print_copy(fig, **layout: Any):
     return out
 
 
+#: Columns of the causal table on the page (``evidence/causal.parquet`` holds them all).
+CAUSAL_PAGE_COLUMNS = (
+    "model",
+    "analyzer",
+    "metric",
+    "k",
+    "draws",
+    "items",
+    "base",
+    "top_k",
+    "random_k_mean",
+    "effect_top",
+    "effect_top_lo",
+    "effect_top_hi",
+    "effect_random",
+    "ratio",
+    "p_value",
+    "verdict",
+)
+#: Leading columns of a top-heads table: the score with its interval.
+SCORE_COLUMNS = ("head_id", "score", "score_lo", "score_hi")
+#: Columns of a top-heads table in all.
+TOP_COLUMNS = 8
+
+
+def top_table(df: pd.DataFrame, top_n: int) -> pd.DataFrame:
+    """The ``top_n`` best heads of an analyzer's table: head id, score and its interval
+    (``score_lo``, ``score_hi``) first, then evidence columns up to :data:`TOP_COLUMNS`."""
+    lead = [c for c in SCORE_COLUMNS if c in df.columns]
+    rest = [c for c in df.columns if c not in (*lead, "layer", "head")]
+    cols = lead + rest[: max(TOP_COLUMNS - len(lead), 0)]
+    return df.sort_values("score", ascending=False, kind="stable").head(top_n)[cols]
+
+
+def _lines(lines: Sequence[str], cls: str = "ev") -> str:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<ul class='{cls}'>{items}</ul>" if lines else ""
+
+
+def _grid_caption(analyzer: str, results: Results) -> str:
+    """Under a layer x head grid: each model's split-half stability and causal verdict."""
+    lines = []
+    for model, frames in results.items():
+        if analyzer in frames:
+            line = brief_line(frames[analyzer].attrs)
+            if line:
+                lines.append(f"{model}: {line}")
+    return _lines(lines)
+
+
+def _evidence_section(results: Results) -> list[str]:
+    """Per (model, analyzer): items, split-half stability, causal verdict and interval."""
+    table = evidence_summary(results)
+    if table.empty:
+        return []
+    return [
+        "<h2 id='evidence'>How far to trust each family</h2>",
+        "<p>Split-half stability: Spearman of the head scores from two disjoint halves of the "
+        "task items (mean and minimum over random splits) and the overlap of their top-k sets. "
+        "Causal: the top-k heads ablated against random same-layer sets (empirical p-value, "
+        "bootstrap interval of the top-k effect over items; positive effect = hurts).</p>",
+        _table(table),
+    ]
+
+
 def _table(df: pd.DataFrame, cls: str = "tbl") -> str:
     return df.to_html(index=False, classes=cls, border=0, float_format=lambda v: f"{v:.4g}")
 
@@ -138,6 +215,8 @@ h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #dd
 .tbl{border-collapse:collapse;font-size:12px;margin:8px 0}
 .tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right}
 .row{display:flex;flex-wrap:wrap;gap:8px} pre{font-size:11px;background:#f6f6f6;padding:8px}
+.ev{font-size:12px;color:#333;margin:4px 0 12px 0}
+.warn{background:#fff3e0;border-left:4px solid #e65100;padding:8px 12px;font-weight:600}
 """
 
 
@@ -157,6 +236,9 @@ def render_html(
     from workbench.charts import causal_grid_figure  # plotly is an optional extra
 
     analyzers = list(dict.fromkeys(a for frames in results.values() for a in frames))
+    quick = bool((summary.get("params") or {}).get("quick")) or any(
+        df.attrs.get("quick") for frames in results.values() for df in frames.values()
+    )
     figures: dict[str, Any] = {}
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -167,6 +249,8 @@ def render_html(
         "<h1>Attention-head report</h1>",
         f"<p>Models: {html.escape(', '.join(results))}. Analyzers: "
         f"{html.escape(', '.join(analyzers))}.</p>",
+        *([f"<p class='warn' id='quick'>{html.escape(QUICK_NOTE)}</p>"] if quick else []),
+        *_evidence_section(results),
         "<h2 id='grids'>Layer x head grids</h2>",
         "<div class='row'>",
     ]
@@ -175,6 +259,7 @@ def render_html(
         figures[f"grid_{analyzer}"] = fig
         parts.append(f"<section class='grid' data-analyzer='{html.escape(analyzer)}'>")
         parts.append(_div(fig, f"grid-{analyzer}"))
+        parts.append(_grid_caption(analyzer, results))
         parts.append("</section>")
     parts.append("</div>")
     atlas = atlas_figure(results)
@@ -187,7 +272,8 @@ def render_html(
         figures["causal"] = causal_grid_figure(
             causal, per_row=PRINT_CAUSAL_PER_ROW, vertical_spacing=PRINT_CAUSAL_SPACING
         )
-        parts += [_div(fig, "causal-chart"), _table(causal)]
+        shown = causal[[c for c in CAUSAL_PAGE_COLUMNS if c in causal.columns]]
+        parts += [_div(fig, "causal-chart"), _table(shown)]
     else:
         parts.append("<p>No causal checks in this report.</p>")
     parts.append("<h2 id='top'>Top heads</h2>")
@@ -196,10 +282,9 @@ def render_html(
             if analyzer not in frames:
                 continue
             df = frames[analyzer]
-            cols = [c for c in df.columns if c not in ("layer", "head")][:8]
-            best = df.sort_values("score", ascending=False, kind="stable").head(top_n)[cols]
             parts.append(f"<h3>{html.escape(analyzer)} - {html.escape(model)}</h3>")
-            parts.append(_table(best))
+            parts.append(_lines(evidence_lines(df.attrs)))
+            parts.append(_table(top_table(df, top_n)))
         maps = [e for e in examples if e["analyzer"] == analyzer]
         if maps:
             parts.append("<div class='row'>")

@@ -86,6 +86,14 @@ def _default_items(
     return an.default_items(cache[spec], **config.analyzer_params())
 
 
+def causal_prompts(an: Analyzer, quick: bool) -> int:
+    """How many leading prompts the causal step of a sharded analyzer reads: its
+    ``causal_prompts``, or that of its quick mode (``quick_params``)."""
+    if quick:
+        return int(type(an).quick_params.get("causal_prompts", an.causal_prompts))
+    return an.causal_prompts
+
+
 def build_plans(
     config: ReportConfig, driver_models: dict[ModelSpec, LoadedModel] | None = None
 ) -> list[AnalyzerPlan]:
@@ -119,7 +127,9 @@ def build_plans(
                         Unit(spec.key, name, "shard", i, len(c)) for i, c in enumerate(chunks)
                     ]
                     if config.causal:
-                        plan.causal = Unit(spec.key, name, "causal", 0, an.causal_prompts)
+                        plan.causal = Unit(
+                            spec.key, name, "causal", 0, causal_prompts(an, config.quick)
+                        )
             else:
                 plan.shards = [Unit(spec.key, name, "single", 0, len(items or []))]
             plans.append(plan)
@@ -264,7 +274,7 @@ class Report:
                 Task(
                     p.causal,
                     self.specs[p.model],
-                    (p.items or [])[: an.causal_prompts] or None,
+                    (p.items or [])[: causal_prompts(an, config.quick)] or None,
                     self._params(None),
                     ranking=top_heads(merged, config.top_k),
                 )
