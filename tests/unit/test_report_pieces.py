@@ -296,6 +296,25 @@ def test_config_checks_draws_and_quick(tmp_path):
         check_config(config(quick="yes"))
 
 
+def test_batch_size_reaches_the_analyzers_and_is_not_content(tmp_path):
+    from workbench.analyzers import get_analyzer
+    from workbench.report.checks import check_config
+
+    base = ReportConfig(models=[ModelSpec(None)], analyzers=["sinks"], out="x")
+    four = ReportConfig(models=[ModelSpec(None)], analyzers=["sinks"], out="x", batch_size=4)
+    assert base.analyzer_params()["batch_size"] == "auto"
+    assert get_analyzer("sinks").select(four.analyzer_params())["batch_size"] == 4
+    assert get_analyzer("safety").select(four.analyzer_params())["batch_size"] == 4
+    assert fingerprint(base, [])[0] == fingerprint(four, [])[0]  # batched == unbatched
+    for bad in (0, "many", 2.5):
+        with pytest.raises(ReportError, match="--batch-size"):
+            check_config(
+                ReportConfig(
+                    models=[ModelSpec(None)], analyzers=["sinks"], out=str(tmp_path), batch_size=bad
+                )
+            )
+
+
 def test_causal_prompts_of_quick_mode():
     from workbench.analyzers import get_analyzer
     from workbench.report.run import causal_prompts

@@ -61,6 +61,7 @@ from workbench.analyzers.refusal import (
     is_refusal,
     measure_refusal,
 )
+from workbench.batching import auto_batch_size
 from workbench.distributions import kl_divergence
 from workbench.generation import encode_batch
 from workbench.heads import head_id
@@ -121,7 +122,8 @@ class SafetyAnalyzer(Analyzer):
 
     Parameters: ``n_prompts`` (:data:`N_PROMPTS`, default task only; user prompts are all
     used), ``quick`` (8 prompts and 3 random draws: weak evidence), ``layers``
-    (restrict the scan; default all), ``eps`` (1e-5), ``batch_size`` (prompts per forward),
+    (restrict the scan; default all), ``eps`` (1e-5), ``batch_size`` (prompts per forward;
+    ``"auto"``: from free memory, at most 8),
     ``sahara`` / ``sahara_steps`` (3) / ``sahara_pool`` (12 top-Ships heads; None = all scanned)
     / ``sahara_rank`` (1) / ``sahara_space`` ("prompts" as in the authors' code, or "hidden"),
     ``causal`` / ``top_k`` (5) / ``draws`` (20) / ``seed``, ``n_eval`` (16 held-out harmful
@@ -136,7 +138,6 @@ class SafetyAnalyzer(Analyzer):
     checks: ClassVar[Mapping[str, Check]] = {
         "layers": layer_list(),
         "eps": real(above=0, below=1),
-        "batch_size": count(1),
         "sahara": flag(),
         "sahara_steps": count(0),
         "sahara_pool": count(1, optional=True),
@@ -158,7 +159,7 @@ class SafetyAnalyzer(Analyzer):
         chat: bool = True,
         system: str | None = None,
         eps: float = UNIFORM_EPS,
-        batch_size: int = 8,
+        batch_size: int | str = "auto",
         sahara: bool = True,
         sahara_steps: int = 3,
         sahara_pool: int | None = 12,
@@ -209,6 +210,8 @@ class SafetyAnalyzer(Analyzer):
         every = [*texts, *harmful_eval, *harmless_eval]  # all encoded before any forward
         longest = max(lm.encode(t, chat=chat, system=system).n_tokens for t in every)
         check_room(lm, longest, max_new_tokens, self.name)
+        if batch_size == "auto":  # Ships keeps every prompt's suffix states: at most 8
+            batch_size = min(8, auto_batch_size(lm, longest))
         runners = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]

@@ -77,6 +77,11 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
         help="every analyzer's quick mode: small tasks and few draws for a first look; the "
         "evidence is weak (the report says so)",
     )
+    p.add_argument(
+        "--batch-size",
+        default="auto",
+        help='prompts per forward of the analyzers that batch ("auto": from free memory)',
+    )
     p.add_argument("--executor", default="serial", choices=["serial", "ray"])
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.add_argument("--workers", type=int, default=2, help="Ray workers (actors)")
@@ -124,6 +129,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         n_prompts=args.n_prompts,
         examples=args.examples,
         quick=args.quick,
+        batch_size=int(args.batch_size) if args.batch_size.isdigit() else args.batch_size,
         executor=args.executor,
         address=args.address,
         workers=args.workers,

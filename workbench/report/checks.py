@@ -9,6 +9,7 @@ from pathlib import Path
 
 from probes.checks import ArgumentError, boolean, choice, integer, number, optional
 from workbench.analyzers import ANALYZERS, get_analyzer
+from workbench.batching import check_batch_size
 from workbench.figure_export import figure_formats
 from workbench.report.plan import ModelSpec, ReportConfig, ReportError
 
@@ -33,6 +34,10 @@ def _options(config: ReportConfig) -> None:
     for name in ("causal", "quick", "force", "quiet"):
         boolean(name, getattr(config, name))
     figure_formats(config.figures)
+    try:
+        check_batch_size(config.batch_size)
+    except ArgumentError as exc:
+        raise ReportError(f"--batch-size: {exc}") from None
 
 
 def _models(config: ReportConfig) -> None:

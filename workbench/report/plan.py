@@ -79,12 +79,20 @@ class ReportConfig:
     quiet: bool = False
     figures: tuple[str, ...] = ("png",)
     """Formats of the print-size figure files (``figures/<name>.<fmt>``): png, svg, pdf."""
+    batch_size: int | str = "auto"
+    """Prompts per forward of the analyzers that batch (batched results equal unbatched ones,
+    so it is not part of the fingerprint)."""
 
     def analyzer_params(self) -> dict[str, Any]:
         """Parameters every analyzer receives (each takes those its ``run`` has:
         :meth:`~workbench.analyzers.Analyzer.select`); ``draws`` and ``n_prompts`` only when
         set, so that the analyzers' own defaults apply otherwise."""
-        params: dict[str, Any] = {"top_k": self.top_k, "seed": self.seed, "quick": self.quick}
+        params: dict[str, Any] = {
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "quick": self.quick,
+            "batch_size": self.batch_size,
+        }
         if self.draws is not None:
             params["draws"] = self.draws
         if self.n_prompts is not None:
