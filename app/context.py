@@ -90,7 +90,12 @@ class JobControls:
 
     def background(self, progress: Sequence[Output]) -> dict[str, Any]:
         """The keyword arguments of ``app.callback`` that make a callback this job: run in the
-        background, disable/enable/show the controls while it runs, cancel, report progress."""
+        background, disable/enable/show the controls while it runs, cancel, report progress.
+
+        The error box is emptied when a run starts (the last run's message no longer applies)
+        and again as it ends: the renderer applies the ``running`` end values before the
+        job's own outputs, so the run's error (or the watchdog's "stopped", which follows the
+        end of ``busy``) is what stays."""
         visible, hidden = {"visibility": "visible"}, {"visibility": "hidden"}
         return {
             "background": True,
@@ -99,6 +104,7 @@ class JobControls:
                 *[(Output(b, "disabled"), True, False) for b in self.start],
                 (Output(self.cancel, "disabled"), False, True),
                 *[(Output(c, "style"), visible, hidden) for c in self.showing],
+                (Output(self.error, "children"), "", ""),
                 (Output(self.busy, "data"), True, False),
             ],
             "cancel": [Input(self.cancel, "n_clicks")],

@@ -59,6 +59,7 @@ AN_SUMMARY, AN_PARAMS, AN_RUN, AN_CANCEL = "an-summary", "an-params", "an-run", 
 AN_PROGRESS, AN_STATUS, AN_ERROR, AN_ATTRS = "an-progress", "an-status", "an-error", "an-attrs"
 SCORE_GRAPH, CAUSAL_GRAPH, CAUSAL_INFO = "score-graph", "causal-graph", "causal-info"
 SCORE_TABLE = "score-table"
+AN_QUICK, AN_EVIDENCE = "an-quick", "an-evidence"  # quick-mode box; stability/intervals line
 
 # -- intervene --------------------------------------------------------------------------------
 IV_HEADS, IV_ADD_SEL, IV_K, IV_FROM, IV_TOPK = (

@@ -208,13 +208,40 @@ def zoom_rows(
 
 
 # -- analyzers -------------------------------------------------------------------------------
+#: ``df.attrs`` entries that stay on the server: every item's value of every head, MBs for a
+#: full task (the table's score_lo/score_hi and ``attrs["stability"]`` summarise them).
+BULKY_ATTRS = ("per_item",)
+#: Per-item lists of the causal check (``draws x items`` values); the chart and the verdict
+#: read their summaries (``effect_top_lo/hi``, ``p_value``...).
+BULKY_CAUSAL = ("base_items", "top_k_items", "random_k_items")
+
+
+def browser_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``df.attrs`` as sent to the browser (a ``dcc.Store``): JSON-able, NaN as None, without
+    the per-item arrays of :data:`BULKY_ATTRS` and :data:`BULKY_CAUSAL`. ``attrs`` is not
+    changed."""
+
+    def lean(causal: Any) -> Any:
+        if not isinstance(causal, dict):
+            return causal
+        return {k: v for k, v in causal.items() if k not in BULKY_CAUSAL}
+
+    kept = {key: value for key, value in attrs.items() if key not in BULKY_ATTRS}
+    if "causal" in kept:
+        kept["causal"] = lean(kept["causal"])
+    if isinstance(kept.get("causal_sources"), dict):  # the atlas: its feature analyzers' checks
+        kept["causal_sources"] = {k: lean(v) for k, v in kept["causal_sources"].items()}
+    return jsonable(kept, finite=True)
+
+
 def run_analyzer(
     lm: LoadedModel,
     name: str,
     params: dict[str, Any],
     report: Callable[[str, int, int], None],
 ) -> dict[str, Any]:
-    """Run analyzer ``name`` over every head; return its table and attrs (JSON-able)."""
+    """Run analyzer ``name`` over every head; return its table and attrs (JSON-able, the
+    per-item arrays left out: :func:`browser_attrs`)."""
     start = time.perf_counter()
     df = analyzers.analyze(name, lm, progress=report, **params)
     records = json.loads(df.to_json(orient="records"))
@@ -225,7 +252,7 @@ def run_analyzer(
         "params": jsonable(params, finite=True),
         "columns": [str(c) for c in df.columns],
         "records": records,
-        "attrs": jsonable(dict(df.attrs), finite=True),
+        "attrs": browser_attrs(dict(df.attrs)),
         "seconds": round(time.perf_counter() - start, 2),
     }
 

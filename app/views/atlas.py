@@ -1,6 +1,8 @@
-"""The head atlas view: score every head with an analyzer (a background job), see the score
-grid, the table, the analyzer's counts, and its causal check (the shared causal chart of
-:mod:`workbench.charts`). Clicking a head opens it in the explorer (:mod:`.explorer.grid`)."""
+"""The head atlas view: score every head with an analyzer (a background job; quick mode by
+default), see the score grid, the table with each score's interval, the ranking's split-half
+stability, the analyzer's counts, and its causal check with its verdict (:mod:`.evidence`, on
+the shared causal chart of :mod:`workbench.charts`). Clicking a head opens it in the explorer
+(:mod:`.explorer.grid`)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from app.components import (
     text_input,
 )
 from app.context import AppContext, JobControls, as_int, message_of, watchdog
-from workbench.charts import causal_figure
+from app.views.evidence import CAUSAL_HEIGHT, causal_view, evidence_view
 from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
@@ -41,8 +43,28 @@ ANALYZER_JOB = JobControls(
 )
 
 NAME = "atlas"
-#: attrs shown elsewhere (or too bulky for the summary chips).
-HIDDEN_ATTRS = ("causal", "model", "analyzer", "params", "prompts_used", "prompts_total")
+#: attrs shown elsewhere (the causal panel, the evidence lines) or too bulky for the chips.
+HIDDEN_ATTRS = (
+    "causal",
+    "causal_sources",
+    "model",
+    "analyzer",
+    "params",
+    "prompts_used",
+    "prompts_total",
+    "quick",
+    "note",
+    "uncertainty",
+    "stability",
+    "feature_stability",
+    "per_item",
+)
+QUICK_HELP = (
+    "Untick for the default task sizes chosen by measurement (stable rankings, p-values that "
+    "can reach 0.05); retrieval, contextual and safety then take minutes on a CPU."
+)
+#: The interval columns of a score table (their header adds the interval's level).
+INTERVAL_COLUMNS = ("score_lo", "score_hi")
 
 
 def layout(wb: AppContext) -> dcc.Tab:
@@ -71,7 +93,17 @@ def layout(wb: AppContext) -> dcc.Tab:
                 className="dropdown",
             ),
             muted("prompts"),
-            number(ids.AN_NPROMPTS, 4, min=1, step=1),
+            number(ids.AN_NPROMPTS, None, min=1, step=1, placeholder="default"),
+            html.Span(
+                dcc.Checklist(
+                    id=ids.AN_QUICK,
+                    options=[{"label": " quick (small tasks, weak evidence)", "value": "quick"}],
+                    value=["quick"],
+                    inline=True,
+                    className="check",
+                ),
+                title=QUICK_HELP,
+            ),
             dcc.Checklist(
                 id=ids.AN_CAUSAL,
                 options=[{"label": " causal check", "value": "causal"}],
@@ -97,6 +129,7 @@ def layout(wb: AppContext) -> dcc.Tab:
             ],
         ),
         alert(ids.AN_ERROR),
+        html.Div(id=ids.AN_EVIDENCE, className="help evidence"),
         html.Div(
             className="two-col",
             children=[
@@ -116,7 +149,7 @@ def layout(wb: AppContext) -> dcc.Tab:
                         dcc.Graph(
                             id=ids.CAUSAL_GRAPH,
                             figure=figures.empty_figure(
-                                "The causal check appears here.", height=330
+                                "The causal check appears here.", height=CAUSAL_HEIGHT
                             ),
                             config=QUIET_GRAPH_CONFIG,
                         ),
@@ -157,31 +190,56 @@ def parse_params(text: str | None) -> dict[str, Any]:
     return params
 
 
+def form_values(n_prompts: Any, causal: Any, top_k: Any, quick: Any) -> dict[str, Any]:
+    """The atlas form's own fields as analyzer parameters: ``causal``, ``top_k``, ``quick``
+    (the checklists' values: a non-empty list is on), and ``n_prompts`` only when its box is
+    filled (empty: the analyzer's default size, or its quick size).
+
+    Raises:
+        WorkbenchError: a box that is not a whole number >= 1, naming the box.
+    """
+    form = {"causal": bool(causal), "top_k": as_int(top_k, "top-k", 1), "quick": bool(quick)}
+    if n_prompts not in (None, ""):
+        form["n_prompts"] = as_int(n_prompts, "prompts", 1)
+    return form
+
+
 def analyzer_params(name: str, form: dict[str, Any], text: str | None, lm: Any) -> dict[str, Any]:
     """The parameters of an analyzer run from the form: the form's own fields the analyzer
-    takes (``n_prompts``, ``causal``, ``top_k``), then the "more parameters" box, checked by
-    the analyzer's own check (the one the Python API runs: unknown names, types, ranges on
-    ``lm``) before the job starts.
+    takes (:func:`form_values`; a filled prompts box for an analyzer without ``n_prompts`` is
+    refused, not ignored), then the "more parameters" box, checked by the analyzer's own
+    check (the one the Python API runs: unknown names, types, ranges on ``lm``) before the
+    job starts.
 
     Raises:
         WorkbenchError: a bad box, naming the parameter and what is allowed.
     """
-    from workbench.analyzers import get_analyzer
+    from workbench.analyzers import AnalyzerArgumentError, get_analyzer
 
     box = parse_params(text)
     if "progress" in box:
         raise WorkbenchError("more parameters: progress is set by the app; remove it")
     analyzer = get_analyzer(name)
+    if "n_prompts" in form and "n_prompts" not in analyzer.parameters():
+        sizes = [p for p in analyzer.parameters() if p.startswith("n_")]
+        raise AnalyzerArgumentError(
+            f"prompts: {name} takes no number of prompts, got {form['n_prompts']}; leave the "
+            "box empty" + (f" and set {' or '.join(sizes)} in more parameters" if sizes else "")
+        )
     params = {**analyzer.select(form), **box}
     analyzer.check_params(lm, params)
     return params
 
 
 def table_columns(result: dict[str, Any], df: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataTable column specs: floats to 4 decimals, booleans as text."""
+    """DataTable column specs: floats to 4 decimals, booleans as text, the interval columns
+    with their level (``score_lo (95% CI)``)."""
+    level = ((result.get("attrs") or {}).get("uncertainty") or {}).get("level")
+    ci = f"{level:.0%} CI" if isinstance(level, int | float) else "CI"
     columns = []
     for col in result["columns"]:
-        spec: dict[str, Any] = {"id": col, "name": col}
+        name = f"{col} ({ci})" if col in INTERVAL_COLUMNS else col
+        spec: dict[str, Any] = {"id": col, "name": name}
         if col in df and pd.api.types.is_float_dtype(df[col]):
             spec.update(type="numeric", format=Format(precision=4, scheme=Scheme.fixed))
         elif col in df and pd.api.types.is_bool_dtype(df[col]):
@@ -197,24 +255,6 @@ def table_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
             if isinstance(value, bool | np.bool_):
                 row[key] = "yes" if value else "no"
     return data
-
-
-def causal_view(causal: dict[str, Any] | None) -> tuple[Any, Any]:
-    """The causal chart and its text summary (metric, changes, the heads ablated)."""
-    if not causal:
-        message = "No causal check in this result (tick 'causal check' and run again)."
-        return figures.empty_figure(message, height=330), None
-    k = causal.get("k")
-    base = causal.get("base") or 0.0
-    d_top = (causal.get("top_k") or 0.0) - base
-    d_rand = (causal.get("random_k_mean") or 0.0) - base
-    random_heads = "; ".join(", ".join(s) for s in causal.get("random_heads", []))
-    return causal_figure(causal), [
-        html.Div(f"Metric: {causal.get('metric')}"),
-        html.Div(f"Change with top-{k} ablated: {d_top:+.4g}; with random-{k}: {d_rand:+.4g}"),
-        html.Div(f"Top heads: {', '.join(causal.get('top_heads', []))}"),
-        html.Div("Random heads: " + random_heads),
-    ]
 
 
 def attrs_view(result: dict[str, Any]) -> Any:
@@ -263,6 +303,7 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         State(ids.AN_NPROMPTS, "value"),
         State(ids.AN_CAUSAL, "value"),
         State(ids.AN_TOPK, "value"),
+        State(ids.AN_QUICK, "value"),
         State(ids.AN_PARAMS, "value"),
         State(ids.ATLAS_RESULTS, "data"),
         State(ids.SESSION, "data"),
@@ -274,16 +315,14 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             ]
         ),
     )
-    def analyzer_job(set_progress, n, name, n_prompts, causal, top_k, params_text, results, sid):
+    def analyzer_job(
+        set_progress, n, name, n_prompts, causal, top_k, quick, params_text, results, sid
+    ):
         try:
             jobs.setup_worker(wb.job_threads)
             if not name:
                 raise WorkbenchError("pick an analyzer")
-            form = {
-                "n_prompts": as_int(n_prompts, "prompts", 1),
-                "causal": bool(causal),
-                "top_k": as_int(top_k, "top-k", 1),
-            }
+            form = form_values(n_prompts, causal, top_k, quick)
             params = analyzer_params(name, form, params_text, wb.lm)
             set_progress(("0", "1", f"Starting {name}…"))
 
@@ -312,6 +351,7 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         Output(ids.CAUSAL_GRAPH, "figure"),
         Output(ids.CAUSAL_INFO, "children"),
         Output(ids.AN_ATTRS, "children"),
+        Output(ids.AN_EVIDENCE, "children"),
         Output(ids.IV_FROM, "options"),
         Input(ids.ATLAS_RESULTS, "data"),
         Input(ids.AN_NAME, "value"),
@@ -327,8 +367,10 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             patch["layout"]["title"]["text"] = (
                 f"Head scores: {name} not run yet in this session" if name else "Head scores"
             )
-            empty = figures.empty_figure("Run the analyzer to see its causal check.", height=330)
-            return patch, [], [], empty, None, None, options
+            empty = figures.empty_figure(
+                "Run the analyzer to see its causal check.", height=CAUSAL_HEIGHT
+            )
+            return patch, [], [], empty, None, None, None, options
         df = pd.DataFrame(result["records"])
         vals = figures.score_grid_values(df, n_layers, n_heads)
         patch["data"][0]["z"] = vals["z"]
@@ -337,6 +379,16 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         patch["data"][0]["colorscale"] = get_colorscale(vals["colorscale"])
         patch["data"][0]["colorbar"]["title"]["text"] = f"{name}<br>score"
         patch["layout"]["title"]["text"] = f"{name}: score per head (click a head to open it)"
-        cfig, info_children = causal_view((result.get("attrs") or {}).get("causal"))
+        attrs = result.get("attrs") or {}
+        cfig, info_children = causal_view(attrs.get("causal"))
         columns = table_columns(result, df)
-        return patch, table_rows(df), columns, cfig, info_children, attrs_view(result), options
+        return (
+            patch,
+            table_rows(df),
+            columns,
+            cfig,
+            info_children,
+            attrs_view(result),
+            evidence_view(attrs),
+            options,
+        )

@@ -94,12 +94,23 @@ def test_explorer_run_click_head_heatmap_and_export(dash_duo, wb_app):
     assert severe_logs(dash_duo) == []
 
 
+def store_data(browser, store_id: str):
+    """The data of a ``dcc.Store`` as the page holds it (from Dash's redux store)."""
+    return browser.driver.execute_script(
+        "const s = window.store.getState(); let node = s.layout;"
+        "for (const key of s.paths.strs[arguments[0]]) node = node[key];"
+        "return node.props.data;",
+        store_id,
+    )
+
+
 def test_atlas_job_fills_grid_and_opens_head(dash_duo, wb_app):
     start(dash_duo, wb_app)
     open_tab(dash_duo, "atlas")
-    set_value(dash_duo, "an-nprompts", "1")
+    assert dash_duo.driver.find_element("css selector", "#an-quick input").is_selected()
+    set_value(dash_duo, "an-nprompts", "4")
     set_value(dash_duo, "an-topk", "3")
-    type_into(dash_duo, "an-params", '{"prompt_tokens": 24, "draws": 1}')
+    type_into(dash_duo, "an-params", '{"prompt_tokens": 24, "draws": 2}')
     click(dash_duo, "#an-run")
     # progress is reported while the job runs, then the grid and table fill
     wait_text(dash_duo, "#an-status", "sinks: ", timeout=120)
@@ -113,14 +124,31 @@ def test_atlas_job_fills_grid_and_opens_head(dash_duo, wb_app):
     wait_text(dash_duo, "#score-table", "L")
     assert "top-3 heads ablated" in dash_duo.driver.find_element("id", "causal-graph").text
     assert "prompt_tokens=24" in text_of(dash_duo, "#an-attrs")
+    # the evidence: quick warning, split-half stability and intervals next to the ranking,
+    # the verdict with the top-k effect's interval and p-value in the causal panel
+    evidence = text_of(dash_duo, "#an-evidence")
+    assert "quick mode: weak evidence" in evidence
+    assert "split-half Spearman" in evidence and "2 items per half" in evidence
+    assert "score_lo / score_hi: 95% interval" in evidence
+    verdict = text_of(dash_duo, "#causal-info .verdict")
+    assert "top-3" in verdict and "p = " in verdict and "top-k effect 95% CI [" in verdict
+    assert "None" not in text_of(dash_duo, "#causal-info")
+    header = text_of(dash_duo, "#score-table")
+    assert "score_lo (95% CI)" in header and "score_hi (95% CI)" in header
+    # what the browser holds: no per-item arrays
+    result = store_data(dash_duo, "atlas-results")["sinks"]
+    assert "per_item" not in result["attrs"] and "random_k_items" not in result["attrs"]["causal"]
+    assert result["attrs"]["quick"] is True and result["attrs"]["params"]["n_prompts"] == 4
     screenshot(dash_duo, "atlas")
 
     # clicking a head in the score grid opens it in the explorer
     click_grid_cell(dash_duo, "score-graph", 18, 8, N_LAYERS, N_HEADS)
     wait_text(dash_duo, "#head-title", "L18H8", timeout=60)
 
-    # a second job, cancelled: the page says so and stays usable
+    # a second job, long enough to be cancelled: the page says so and stays usable
     open_tab(dash_duo, "atlas")
+    set_value(dash_duo, "an-nprompts", "200")
+    type_into(dash_duo, "an-params", '{"prompt_tokens": 256}')
     click(dash_duo, "#an-run")
     wait_until(
         lambda: dash_duo.driver.find_element("id", "an-cancel").is_enabled(),
@@ -130,6 +158,27 @@ def test_atlas_job_fills_grid_and_opens_head(dash_duo, wb_app):
     click(dash_duo, "#an-cancel")
     wait_text(dash_duo, "#an-error", "cancelled", timeout=120)
     assert dash_duo.driver.find_element("id", "an-run").is_enabled()
+
+    # the next job (some seconds) clears that message as it starts; without the causal
+    # check the panel says so (no placeholder numbers)
+    set_value(dash_duo, "an-nprompts", "48")
+    type_into(dash_duo, "an-params", '{"prompt_tokens": 128}')
+    click(dash_duo, "#an-causal input")
+    click(dash_duo, "#an-run")
+    wait_until(
+        lambda: (
+            text_of(dash_duo, "#an-error") == ""
+            and dash_duo.driver.find_element("id", "an-cancel").is_enabled()
+        ),
+        timeout=60,
+        what="the old error cleared while the new job runs",
+    )
+    wait_until(
+        lambda: not dash_duo.driver.find_element("id", "an-cancel").is_enabled(),
+        what="the job without causal check to end",
+    )
+    wait_text(dash_duo, "#causal-info", "No causal check run", timeout=60)
+    assert text_of(dash_duo, "#an-error") == ""
     assert severe_logs(dash_duo) == []
 
 
