@@ -13,6 +13,7 @@ The traces hold the changes (``y``) and the base (``base``): bar ``i`` spans
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -152,9 +153,9 @@ def _top_interval(causal: Mapping[str, Any], delta: float | None) -> dict[str, A
     }
 
 
-def verdict_line(causal: Mapping[str, Any]) -> str:
-    """The check's one-line verdict with its interval, for titles and tables; "" when the
-    check predates significance testing."""
+def verdict_line(causal: Mapping[str, Any], sep: str = "; ") -> str:
+    """The check's one-line verdict with its interval (after ``sep``), for titles and tables;
+    "" when the check predates significance testing."""
     verdict = causal.get("verdict")
     if not verdict:
         return ""
@@ -162,7 +163,16 @@ def verdict_line(causal: Mapping[str, Any]) -> str:
     level = _number(causal.get("level")) or 0.95
     if lo is None or hi is None:
         return str(verdict)
-    return f"{verdict}; top-k effect {level:.0%} CI [{lo:.3g}, {hi:.3g}]"
+    return f"{verdict}{sep}top-k effect {level:.0%} CI [{lo:.3g}, {hi:.3g}]"
+
+
+#: Characters per title line of a causal chart: the app's panel is ~360 px wide.
+TITLE_CHARS = 56
+
+
+def _title_lines(text: str, width: int = TITLE_CHARS) -> list[str]:
+    """``text`` (lines separated by newlines) wrapped at ``width`` characters per line."""
+    return [part for line in text.split("\n") for part in textwrap.wrap(line, width)]
 
 
 def _round_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -185,7 +195,7 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
     base = _number(causal.get("base"))
     base_text = f"{base:.4g}" if base is not None else "?"
     metric = causal.get("metric", "metric")
-    verdict = verdict_line(causal)
+    verdict = _title_lines(verdict_line(causal, sep="\n"))  # readable in a narrow panel
     fig.update_yaxes(title_text=str(metric), zeroline=False, secondary_y=False)
     fig.update_yaxes(title_text="change", secondary_y=True)
     fig.update_layout(
@@ -197,7 +207,7 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
             "text": (
                 f"Causal check: {metric}<br><sup>"
                 f"{causal.get('mode', '')} ablation · unablated {base_text} (dashed) · "
-                f"{better}</sup>" + (f"<br><sup>{verdict}</sup>" if verdict else "")
+                f"{better}</sup>" + "".join(f"<br><sup>{line}</sup>" for line in verdict)
             ),
             "font": {"size": 14},
             "x": 0.01,
@@ -206,7 +216,7 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
         },
         showlegend=bool(_draws(causal.get("random_k"))),
         legend={"orientation": "h", "y": -0.15},
-        margin={"l": 70, "r": 60, "t": 95 if verdict else 75, "b": 50},
+        margin={"l": 70, "r": 60, "t": 75 + 16 * len(verdict), "b": 50},
     )
     return fig
 

@@ -117,6 +117,17 @@ def test_causal_chart_bars_start_at_the_unablated_value():
     assert (lo - lo2, hi - hi2) == pytest.approx((0.8, 0.8))
 
 
+def test_causal_chart_title_wraps_the_verdict_for_a_narrow_panel():
+    verdict = "no evidence: top-5 hurts no more than random-5 (p = 0.76, and 20 draws cannot reach)"
+    causal = {"metric": "acc", "k": 5, "base": 0.8, "top_k": 0.7, "random_k": [0.7, 0.75],
+              "verdict": verdict, "effect_top_lo": -0.25, "effect_top_hi": 0.5}  # fmt: skip
+    title = charts.causal_figure(causal).layout.title.text
+    lines = [part.removeprefix("<sup>").removesuffix("</sup>") for part in title.split("<br>")]
+    verdict_lines = lines[2:]
+    assert all(len(line) <= charts.TITLE_CHARS for line in verdict_lines)
+    assert " ".join(verdict_lines) == verdict + " top-k effect 95% CI [-0.25, 0.5]"
+
+
 def test_sink_mask_and_block_geometry():
     sink = np.array([0.25, 0.15, 0.05, 0.35])
     assert maps.sink_mask(sink).tolist() == [False, True, False, True]
