@@ -87,6 +87,7 @@ class JobControls:
     busy: str
     error: str
     showing: tuple[str, ...] = ()
+    status: str | None = None  # its progress status line (reset when it stops unfinished)
 
     def background(self, progress: Sequence[Output]) -> dict[str, Any]:
         """The keyword arguments of ``app.callback`` that make a callback this job: run in the
@@ -114,20 +115,24 @@ class JobControls:
 
 
 def watchdog(app: dash.Dash, ctx: AppContext, job: JobControls) -> None:
-    """Report a job that ended without writing its completion mark (cancelled or killed)."""
+    """Report a job that ended without writing its completion mark (cancelled or killed), and
+    replace its last progress line ("Running…", "12/48…") by "Stopped."."""
+    outputs = [Output(job.error, "children", allow_duplicate=True)]
+    if job.status is not None:
+        outputs.append(Output(job.status, "children", allow_duplicate=True))
 
     @app.callback(
-        Output(job.error, "children", allow_duplicate=True),
+        *outputs,
         Input(job.busy, "data"),
         *[State(c, "n_clicks") for c in job.start],
         State(ids.SESSION, "data"),
         prevent_initial_call=True,
     )
-    def check(busy: bool, *args: Any) -> str:
+    def check(busy: bool, *args: Any) -> Any:
         sid = args[-1]
         if busy or ctx.store.job_done(sid, ctx.job_key(job.kind, *args[:-1])):
             raise PreventUpdate
-        return STOPPED
+        return (STOPPED, "Stopped.") if job.status is not None else STOPPED
 
 
 def message_of(exc: BaseException, what: str = "The request") -> str:

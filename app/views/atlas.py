@@ -39,7 +39,13 @@ if TYPE_CHECKING:
 
 
 ANALYZER_JOB = JobControls(
-    "an", (ids.AN_RUN,), ids.AN_CANCEL, ids.AN_BUSY, ids.AN_ERROR, showing=(ids.AN_PROGRESS,)
+    "an",
+    (ids.AN_RUN,),
+    ids.AN_CANCEL,
+    ids.AN_BUSY,
+    ids.AN_ERROR,
+    showing=(ids.AN_PROGRESS,),
+    status=ids.AN_STATUS,
 )
 
 NAME = "atlas"

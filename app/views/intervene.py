@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     import dash
 
 
-INTERVENE_JOB = JobControls("iv", (ids.IV_RUN,), ids.IV_CANCEL, ids.IV_BUSY, ids.IV_ERROR)
+INTERVENE_JOB = JobControls(
+    "iv", (ids.IV_RUN,), ids.IV_CANCEL, ids.IV_BUSY, ids.IV_ERROR, status=ids.IV_STATUS
+)
 
 NAME = "intervene"
 MAX_NEW_TOKENS = 512

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 
 RUN_JOB = JobControls(
-    "run", (ids.RUN_FORWARD, ids.RUN_GENERATE), ids.RUN_CANCEL, ids.RUN_BUSY, ids.PROMPT_ERROR
+    "run",
+    (ids.RUN_FORWARD, ids.RUN_GENERATE),
+    ids.RUN_CANCEL,
+    ids.RUN_BUSY,
+    ids.PROMPT_ERROR,
+    status=ids.RUN_STATUS,
 )
 
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"

@@ -157,6 +157,7 @@ def test_atlas_job_fills_grid_and_opens_head(dash_duo, wb_app):
     )
     click(dash_duo, "#an-cancel")
     wait_text(dash_duo, "#an-error", "cancelled", timeout=120)
+    wait_text(dash_duo, "#an-status", "Stopped.", timeout=30)  # not the last progress line
     assert dash_duo.driver.find_element("id", "an-run").is_enabled()
 
     # the next job (some seconds) clears that message as it starts; without the causal
