@@ -10,14 +10,21 @@ from workbench.cli.registry import Command
 from workbench.errors import WorkbenchError
 
 #: Top-level modules of the ``app`` extra (pyproject.toml) that the server imports.
-APP_EXTRA = ("dash", "diskcache", "plotly")
+APP_EXTRA = ("dash", "diskcache", "plotly", "waitress")
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (default: embedded SmolLM2)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8050)
-    p.add_argument("--debug", action="store_true")
+    p.add_argument(
+        "--threads", type=int, default=8, help="request threads of the server (default 8)"
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="Dash's development server with its debug tools (never on a shared machine)",
+    )
 
 
 def check_address(host: str, port: int) -> None:
@@ -37,6 +44,9 @@ def check_address(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve the app (:func:`app.server.serve`) until interrupted."""
     check_address(args.host, args.port)
+    from probes.checks import integer
+
+    integer("--threads", args.threads, minimum=1, maximum=256)
     try:
         from app.server import serve
     except ModuleNotFoundError as exc:
@@ -46,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             f"the app needs its extra dependencies ({exc}); install them with "
             "pip install 'attention-workbench[app]'"
         ) from None
-    serve(model=args.model, host=args.host, port=args.port, debug=args.debug)
+    serve(model=args.model, host=args.host, port=args.port, debug=args.debug, threads=args.threads)
     return 0
 
 

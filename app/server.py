@@ -89,12 +89,26 @@ def create_app(
 
 
 def serve(
-    model: str | None = None, host: str = "127.0.0.1", port: int = 8050, debug: bool = False
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    debug: bool = False,
+    threads: int = 8,
 ) -> None:
-    """Load ``model`` and serve the app (bound to 127.0.0.1 unless told otherwise)."""
+    """Load ``model`` and serve the app (bound to 127.0.0.1 unless told otherwise).
+
+    A production WSGI server (waitress: one process, ``threads`` request threads, so one
+    loaded model serves every session; background jobs still run in their own processes);
+    ``debug=True`` runs Dash's development server with its debug tools instead."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not every progress poll
     lm = get_model(model)
     app = create_app(lm)
     print(f"Attention workbench on http://{host}:{port}/  ({lm.info.name})", flush=True)
-    app.run(host=host, port=port, debug=bool(debug), use_reloader=False)
+    if debug:
+        app.run(host=host, port=port, debug=True, use_reloader=False)
+        return
+    from waitress import serve as serve_wsgi
+
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" chatter
+    serve_wsgi(app.server, host=host, port=port, threads=int(threads), ident="attention-workbench")
