@@ -1,2 +1,2 @@
 """Peer agreement (issue 15, item 4): each analyzer against an independent re-implementation
-of its paper's own code (:mod:`tests.peer.reference_rules`) on the same inputs."""
+of its paper's own code (:mod:`workbench.peer_rules`) on the same inputs."""

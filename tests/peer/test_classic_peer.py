@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import workbench
-from tests.peer import reference_rules as ref
+from workbench import peer_rules as ref
 from workbench.analyzers.classic import (
     DuplicateTokenAnalyzer,
     InductionAnalyzer,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import attn_implementation
-from tests.peer import reference_rules as ref
+from workbench import peer_rules as ref
 from workbench.analyzers.contextual import ContextualAnalyzer
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

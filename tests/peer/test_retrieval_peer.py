@@ -23,7 +23,7 @@ import torch
 
 import workbench
 from tests.conftest import attn_implementation
-from tests.peer import reference_rules as ref
+from workbench import peer_rules as ref
 from workbench.analyzers.retrieval import RetrievalAnalyzer
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import attn_implementation
-from tests.peer import reference_rules as ref
+from workbench import peer_rules as ref
 from workbench.analyzers.safety import SafetyAnalyzer
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

@@ -20,7 +20,7 @@ import pytest
 
 import workbench
 from tests.conftest import attn_implementation
-from tests.peer import reference_rules as ref
+from workbench import peer_rules as ref
 from workbench.analyzers.sinks import SinkAnalyzer
 
 pytestmark = pytest.mark.model

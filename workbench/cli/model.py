@@ -6,10 +6,14 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.cli.common import PROMPT_HELP, add_model_args, check_out_file, load, prompt_text
 from workbench.cli.registry import command
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.lm import LoadedModel
 
 
 def _info_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,12 +114,22 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="also measure each length with N busy processes of our own beside it (0-16)",
     )
+    p.add_argument(
+        "--analyzers",
+        action="store_true",
+        help="time sinks, induction, retrieval and contextual as the workbench runs them "
+        "against the papers' reference way (eager maps, one prompt at a time); --seq, "
+        "--repeat and --no-eager do not apply",
+    )
+    p.add_argument("--quick", action="store_true", help="with --analyzers: two prompts per family")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 @command("bench", "time head statistics against a plain SDPA forward", _bench_arguments)
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Time head statistics against a plain SDPA forward (:mod:`workbench.bench`)."""
+    """Time head statistics against a plain SDPA forward (:mod:`workbench.bench`), or with
+    ``--analyzers`` each analyzer against its paper's reference way
+    (:mod:`workbench.bench_analyzers`)."""
     from probes.checks import integer
     from workbench.bench import rows_as_json, run_bench
     from workbench.busy_load import MAX_LOAD
@@ -123,7 +137,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     parse_seqs(args.seq)  # the syntax, before the model loads
     integer("--repeat", args.repeat, minimum=1)
     integer("--load", args.load, minimum=0, maximum=MAX_LOAD)
+    if args.quick and not args.analyzers:
+        raise WorkbenchError("--quick: only with --analyzers (the analyzer task sizes)")
+    if args.analyzers and args.load:
+        raise WorkbenchError(
+            f"--load {args.load}: only for the forward bench, not with --analyzers "
+            "(the busy processes are bounded in time; run the analyzer bench quiet)"
+        )
     lm = load(args)
+    if args.analyzers:
+        return _bench_analyzers(lm, quick=args.quick, as_json=args.json)
     seqs = parse_seqs(args.seq, lm.info.max_context)
     log = None if args.json else print
     if log:
@@ -131,4 +154,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = run_bench(lm, seqs, repeat=args.repeat, eager=not args.no_eager, log=log, load=args.load)
     if args.json:
         print(json.dumps(rows_as_json(lm, rows)))
+    return 0
+
+
+def _bench_analyzers(lm: LoadedModel, *, quick: bool, as_json: bool) -> int:
+    """``bench --analyzers``: :mod:`workbench.bench_analyzers`, printed or as one JSON object."""
+    from workbench.bench_analyzers import analyzer_rows_as_json, run_analyzer_bench
+
+    log = None if as_json else print
+    if log:
+        task = "quick task (2 prompts each)" if quick else "default task sizes"
+        print(f"{lm.info.name} on {lm.device}, {lm.info.dtype}, {task}; reference = eager maps")
+    rows = run_analyzer_bench(lm, quick=quick, log=log)
+    if as_json:
+        print(json.dumps(analyzer_rows_as_json(lm, rows)))
     return 0
