@@ -9,6 +9,7 @@ the registered attention path).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,17 @@ from workbench.errors import PromptTooLongError, WorkbenchError
 
 if TYPE_CHECKING:
     from workbench.lm import Encoded, LoadedModel
+
+
+class _NoEosNotice(logging.Filter):
+    """Drops transformers' warning about a negative ``eos_token_id``: ``eos=False`` passes -1
+    on purpose (see :func:`greedy_generate`), with an explicit pad id, so nothing can crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`eos_token_id` should consist of positive integers" not in record.getMessage()
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_NoEosNotice())
 
 
 def pad_id(tokenizer) -> int:
