@@ -32,6 +32,10 @@ CATALOG: dict[str, CatalogEntry] = {
         "workbench.analyzers.contextual",
         "attention on the relevant document in multi-document QA; focus directions",
     ),
+    "copy_suppression": CatalogEntry(
+        "workbench.analyzers.copy_suppression",
+        "copy suppression (McDougall et al.): OV circuit most suppresses the attended token",
+    ),
     "duplicate_token": CatalogEntry(
         "workbench.analyzers.classic", "share of attention on earlier copies of the current token"
     ),
@@ -52,6 +56,10 @@ CATALOG: dict[str, CatalogEntry] = {
     ),
     "sinks": CatalogEntry(
         "workbench.analyzers.sinks", "first-token sink heads (Gu et al.) and hidden sinks (ACT)"
+    ),
+    "successor": CatalogEntry(
+        "workbench.analyzers.successor",
+        "successor heads (Gould et al.): OV circuit maps an ordinal token to the next one",
     ),
 }
 

@@ -116,6 +116,9 @@ BAD: dict[str, list] = {
     "threshold_on": ["median", "", 3, None],
     "score_over": ["correct_only", "", 3, None],
     "rows": ["answer", "", 3, None],
+    "n_tokens": [*COUNT, None],
+    "embedding": ["tokens", "", 3, None],
+    "classes": ["weekdays", [], ["planets"], [3]],
 }
 
 

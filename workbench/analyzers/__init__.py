@@ -18,9 +18,11 @@ from workbench.analyzers import (  # noqa: F401  (register)
     attribution,
     classic,
     contextual,
+    copy_suppression,
     retrieval,
     safety,
     sinks,
+    successor,
 )
 from workbench.analyzers.base import (
     ANALYZERS,
