@@ -178,6 +178,8 @@ def mutations(command: str, paths: Paths) -> list[st.SearchStrategy[list[str]]]:
             .filter(lambda s: not _seq_ok(s))
             .map(lambda s: ["--seq", s]),
             bad_int(1).map(lambda v: ["--repeat", v]),
+            bad_int(0, 16).map(lambda v: ["--load", v]),
+            st.just(["--quick"]),  # --quick needs --analyzers
         ],
         "generate": [
             *model_options(),
