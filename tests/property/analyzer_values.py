@@ -11,6 +11,7 @@ the oracle refuses: invalid by construction, so a value that is accepted would s
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ ALL_HEADS = N_LAYERS * N_HEADS
 class Kind:
     ok: Callable[[Any, bool], bool]
     near: st.SearchStrategy[Any]
+
+
+#: The bundled ordinal classes the successor analyzer knows (workbench/data/ordinals.json).
+ORDINAL_CLASSES = tuple(
+    json.loads((Path(__file__).resolve().parents[2] / "workbench/data/ordinals.json").read_text())[
+        "classes"
+    ]
+)
 
 
 def _optional(ok: Callable[[Any, bool], bool], optional: bool) -> Callable[[Any, bool], bool]:
@@ -284,7 +293,10 @@ KINDS: dict[str, Kind] = {
     # safety
     "layers": layers(),
     "eps": real(above=0, below=1),
-    "batch_size": count(1),
+    "batch_size": Kind(  # an integer >= 1 or "auto" (workbench.batching.check_batch_size)
+        lambda v, model: (isinstance(v, str) and v == "auto") or count(1).ok(v, model),
+        st.one_of(count(1).near, st.sampled_from(["Auto", "auto ", "AUTO", ""])),
+    ),
     "sahara": flag(),
     "sahara_steps": count(0),
     "sahara_pool": count(1, optional=True),
@@ -296,6 +308,23 @@ KINDS: dict[str, Kind] = {
     # sinks
     "first_threshold": real(minimum=0, maximum=1),
     "hidden_threshold": real(minimum=0, maximum=1),
+    "threshold_on": choice("mean", "each_prompt"),
+    # reference settings (retrieval, contextual)
+    "locate": choice("offsets", "overlap"),
+    "stemming": flag(),
+    "stop_tokens": choice("newline_or_eos", "newline_token"),
+    "score_over": choice("correct", "all"),
+    "rows": choice("producing", "response"),
+    # OV-circuit analyzers (copy_suppression, successor)
+    "n_tokens": count(1),
+    "embedding": choice("block0", "mlp0", "raw"),
+    "classes": Kind(  # None or a non-empty list of bundled ordinal class names
+        lambda v, model: (
+            v is None
+            or (bool(_strings(v)) and all(isinstance(x, str) and x in ORDINAL_CLASSES for x in v))
+        ),
+        st.one_of(st.lists(gen.texts, max_size=3), gen.texts, st.just([])),
+    ),
 }
 
 

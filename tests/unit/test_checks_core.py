@@ -387,12 +387,37 @@ def _entry_points(lm):
     }
 
 
+#: Entry points that also take a list of prompts (run in right-padded batches).
+TAKE_LISTS = {"run_capture", "run_statistics"}
+
+
 @model
 @pytest.mark.parametrize("bad", [None, 3, 2.5, b"hello", ["hello"], ("a",)], ids=repr)
 def test_prompts_that_are_not_strings_are_named_as_such(lm, reference_logits, bad):
     for name, call in _entry_points(lm).items():
+        if name in TAKE_LISTS and isinstance(bad, (list, tuple)):
+            continue  # a list of prompts: accepted (tests/integration/test_batching.py)
         message = refused(ArgumentError, partial(call, bad), "prompt must be a string", repr(bad))
         assert "empty" not in message, name
+    still_good(lm, reference_logits)
+
+
+@model
+@pytest.mark.parametrize(
+    ("bad", "needles"),
+    [
+        ([None], ("prompt 0: prompt must be a string", "None")),
+        (["ok", 3], ("prompt 1: prompt must be a string", "3 (int)")),
+        ([b"x"], ("prompt 0: prompt must be a string", "bytes")),
+        ([["nested"]], ("prompt 0: prompt must be a string", "['nested']")),
+        ([], ("the list of prompts is empty",)),
+        ({"a": 1}, ("a list of them", "dict")),
+    ],
+    ids=repr,
+)
+def test_batched_entry_points_name_the_bad_prompt_of_a_list(lm, reference_logits, bad, needles):
+    for name in sorted(TAKE_LISTS):
+        refused(ArgumentError, partial(_entry_points(lm)[name], bad), *needles)
     still_good(lm, reference_logits)
 
 
