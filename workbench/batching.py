@@ -74,12 +74,13 @@ def length_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def right_pad(encodings: Sequence[Encoded], pad: int) -> torch.Tensor:
-    """``(B, max L)`` ids, each row its prompt followed by ``pad``."""
-    width = max(e.n_tokens for e in encodings)
-    ids = torch.full((len(encodings), width), int(pad), dtype=torch.long)
-    for row, enc in enumerate(encodings):
-        ids[row, : enc.n_tokens] = enc.input_ids[0]
+def right_pad(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
+    """``(B, max L)`` ids, each row one of ``rows`` (token ids, ``(L,)`` or ``(1, L)``)
+    followed by ``pad``: under the causal mask no real position sees the padding."""
+    flat = [r.reshape(-1) for r in rows]
+    ids = torch.full((len(flat), max(r.numel() for r in flat)), int(pad), dtype=torch.long)
+    for i, r in enumerate(flat):
+        ids[i, : r.numel()] = r
     return ids
 
 
@@ -147,7 +148,7 @@ def run_batched(
     with bar:
         for probe, group in zip(probes_, groups, strict=True):
             batch = [encodings[i] for i in group]
-            ids = right_pad(batch, pad).to(lm.device)
+            ids = right_pad([e.input_ids for e in batch], pad).to(lm.device)
             n = [e.n_tokens for e in batch]
             with right_padded(n), probe, torch.no_grad(), kernel_errors_translated("forward"):
                 lm.model(input_ids=ids, use_cache=False)

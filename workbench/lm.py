@@ -292,8 +292,8 @@ class LoadedModel:
         spans against every prompt's length."""
         _known_keywords("run_statistics", statistics_kwargs, self.statistics)
         check_batch_size(batch_size)
-        stats = self.statistics(**statistics_kwargs)
         if isinstance(prompt, (str, Encoded)):
+            stats = self.statistics(**statistics_kwargs)
             enc = self.encode(prompt, chat=chat)
             stats.check_prompt(enc.n_tokens)
             with stats:
@@ -314,8 +314,8 @@ class LoadedModel:
         :meth:`run_statistics` (memory checked for each whole batch)."""
         _known_keywords("run_capture", capture_kwargs, self.capture)
         check_batch_size(batch_size)
-        cap = self.capture(**capture_kwargs)
         if isinstance(prompt, (str, Encoded)):
+            cap = self.capture(**capture_kwargs)
             enc = self.encode(prompt, chat=chat)
             cap.check_prompt(enc.n_tokens)
             cap.check_fits(enc.n_tokens)

@@ -14,6 +14,7 @@ from transformers import StoppingCriteria
 
 from workbench.analyzers.base import AnalyzerError
 from workbench.analyzers.mdqa import ANSWER_ROWS, EncodedItem, answer_rows, is_correct
+from workbench.batching import right_pad
 from workbench.generation import greedy_generate, pad_id
 from workbench.lm import Encoded, kernel_errors_translated
 
@@ -129,10 +130,8 @@ def answer_logprobs(lm: LoadedModel, eitems: Sequence[EncodedItem]) -> list[floa
     out: list[float] = []
     for start in range(0, len(eitems), BATCH):
         chunk = list(eitems[start : start + BATCH])
-        seqs = [with_answer(ei, ei.answer_ids).input_ids[0] for ei in chunk]
-        ids = torch.full((len(chunk), max(len(s) for s in seqs)), pad_id(lm.tokenizer))
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = seq
+        seqs = [with_answer(ei, ei.answer_ids).input_ids for ei in chunk]
+        ids = right_pad(seqs, pad_id(lm.tokenizer))
         with kernel_errors_translated("forward"):
             logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
         for row, ei in enumerate(chunk):

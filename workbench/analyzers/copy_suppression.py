@@ -32,6 +32,7 @@ from workbench.analyzers.ov_circuit import (
 from workbench.analyzers.params import Check, count, one_of
 from workbench.analyzers.prompts import as_items
 from workbench.analyzers.sinks import corpus_windows
+from workbench.batching import right_pad
 from workbench.generation import pad_id
 from workbench.lm import Encoded, LoadedModel, kernel_errors_translated
 
@@ -145,10 +146,7 @@ def context_copy_mass(lm: LoadedModel, encodings: Sequence[Encoded]) -> list[flo
     out: list[float] = []
     for first in range(0, len(encodings), BATCH):
         chunk = list(encodings[first : first + BATCH])
-        width = max(enc.n_tokens for enc in chunk)
-        ids = torch.full((len(chunk), width), pad_id(lm.tokenizer), dtype=torch.long)
-        for row, enc in enumerate(chunk):
-            ids[row, : enc.n_tokens] = enc.input_ids[0]
+        ids = right_pad([enc.input_ids for enc in chunk], pad_id(lm.tokenizer))
         with kernel_errors_translated("forward"):
             logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
         for row, enc in enumerate(chunk):

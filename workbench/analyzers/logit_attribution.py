@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from probes import AttentionCall, HookSession
 from workbench.analyzers.base import AnalyzerError
 from workbench.architectures import norm_eps
+from workbench.batching import right_pad
 from workbench.generation import pad_id
 from workbench.interventions import HeadMeans, Intervention, MeanAblation, ZeroAblation
 from workbench.interventions.base import HeadLike
@@ -187,12 +188,9 @@ def metric_values(
     padding after it): the per-item metric of the attribution causal check."""
     out: list[float] = []
     for first in range(0, len(inputs), BATCH):
-        chunk = [x.reshape(-1) for x in inputs[first : first + BATCH]]
+        chunk = inputs[first : first + BATCH]
         lengths = [int(x.numel()) for x in chunk]
-        ids = torch.full((len(chunk), max(lengths)), pad_id(lm.tokenizer), dtype=torch.long)
-        for row, x in enumerate(chunk):
-            ids[row, : lengths[row]] = x
-        logits = _run(lm, ids)
+        logits = _run(lm, right_pad(chunk, pad_id(lm.tokenizer)))
         for row, n in enumerate(lengths):
             out.append(float(metrics[first + row](logits[row, n - 1].double())))
     return out

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from workbench.batching import right_pad
 from workbench.generation import pad_id
 from workbench.lm import kernel_errors_translated
 
@@ -51,10 +52,7 @@ def next_token_losses(
     out: list[float] = []
     for first in range(0, len(encodings), BATCH):
         chunk = list(encodings[first : first + BATCH])
-        width = max(enc.n_tokens for enc in chunk)
-        ids = torch.full((len(chunk), width), pad_id(lm.tokenizer), dtype=torch.long)
-        for row, enc in enumerate(chunk):
-            ids[row, : enc.n_tokens] = enc.input_ids[0]
+        ids = right_pad([enc.input_ids for enc in chunk], pad_id(lm.tokenizer))
         with kernel_errors_translated("forward"):
             logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
         for row, (enc, s) in enumerate(zip(chunk, starts[first : first + BATCH], strict=True)):
