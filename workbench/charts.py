@@ -21,6 +21,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.serialize import finite_or_none
+
 TOP_COLOR = "#d84315"
 RANDOM_COLOR = "#5c6bc0"
 DRAW_COLOR = "#1a237e"
@@ -30,19 +32,16 @@ FONT = "Inter, system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
 CAUSAL_PANELS_PER_ROW = 4
 
 
-def _number(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+def _effect_interval(causal: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """The top-k effect's bootstrap interval of a causal check, or Nones."""
+    return finite_or_none(causal.get("effect_top_lo")), finite_or_none(causal.get("effect_top_hi"))
 
 
 def _draws(value: Any) -> list[float]:
     """Random-k draws as floats: a list, or the report table's comma-joined string."""
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
-    return [v for v in (_number(x) for x in value or []) if v is not None]
+    return [v for v in (finite_or_none(x) for x in value or []) if v is not None]
 
 
 def _axis_range(values: Sequence[float]) -> tuple[float, float]:
@@ -64,10 +63,10 @@ def add_causal_panel(
         legend: show the "each random draw" legend entry (once per figure).
     """
     k = causal.get("k", "k")
-    base = _number(causal.get("base"))
+    base = finite_or_none(causal.get("base"))
     ref = base if base is not None else 0.0
     names = [f"top-{k} heads ablated", f"random-{k} ablated (mean)"]
-    values = [_number(causal.get("top_k")), _number(causal.get("random_k_mean"))]
+    values = [finite_or_none(causal.get("top_k")), finite_or_none(causal.get("random_k_mean"))]
     deltas = [None if v is None or base is None else v - base for v in values]
     fig.add_trace(
         go.Bar(
@@ -136,7 +135,7 @@ def _top_interval(causal: Mapping[str, Any], delta: float | None) -> dict[str, A
     """Error bar of the top-k bar: the bootstrap interval over items of the top-k effect
     (``effect_top_lo/hi``, see :func:`workbench.analyzers.uncertainty.causal_significance`),
     drawn on the bar's change axis; nothing when the check has no item-level values."""
-    lo, hi = _number(causal.get("effect_top_lo")), _number(causal.get("effect_top_hi"))
+    lo, hi = _effect_interval(causal)
     if lo is None or hi is None or delta is None:
         return {"visible": False}
     sign = 1.0 if causal.get("higher_is_better", True) else -1.0
@@ -159,8 +158,8 @@ def verdict_line(causal: Mapping[str, Any], sep: str = "; ") -> str:
     verdict = causal.get("verdict")
     if not verdict:
         return ""
-    lo, hi = _number(causal.get("effect_top_lo")), _number(causal.get("effect_top_hi"))
-    level = _number(causal.get("level")) or 0.95
+    lo, hi = _effect_interval(causal)
+    level = finite_or_none(causal.get("level")) or 0.95
     if lo is None or hi is None:
         return str(verdict)
     return f"{verdict}{sep}top-k effect {level:.0%} CI [{lo:.3g}, {hi:.3g}]"
@@ -192,7 +191,7 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     add_causal_panel(fig, causal)
     better = "higher is better" if causal.get("higher_is_better", True) else "lower is better"
-    base = _number(causal.get("base"))
+    base = finite_or_none(causal.get("base"))
     base_text = f"{base:.4g}" if base is not None else "?"
     metric = causal.get("metric", "metric")
     verdict = _title_lines(verdict_line(causal, sep="\n"))  # readable in a narrow panel

@@ -13,6 +13,16 @@ import numpy as np
 import torch
 
 
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None (not a number, NaN, infinite): for text and charts
+    built from attrs that may hold either."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
 def jsonable(obj: Any, *, finite: bool = False) -> Any:
     """``obj`` with numpy / torch / pandas / tuple values turned into plain JSON types.
 

@@ -10,19 +10,11 @@ interval, empirical p-value, verdict).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from workbench.analyzers.base import QUICK_NOTE
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+from workbench.serialize import finite_or_none
 
 
 def interval_text(attrs: Mapping[str, Any]) -> str | None:
@@ -31,7 +23,7 @@ def interval_text(attrs: Mapping[str, Any]) -> str | None:
     unc = attrs.get("uncertainty") or {}
     if "items" not in unc:
         return None
-    level = _finite(unc.get("level")) or 0.95
+    level = finite_or_none(unc.get("level")) or 0.95
     resamples = unc.get("resamples")
     tail = f" ({resamples} resamples)" if resamples else ""
     return f"score intervals: {level:.0%} percentile bootstrap over {unc['items']} items{tail}"
@@ -44,11 +36,11 @@ def stability_text(attrs: Mapping[str, Any]) -> str | None:
     stab = attrs.get("stability")
     if not stab:
         return None
-    rho, overlap = _finite(stab.get("spearman")), _finite(stab.get("top_k_overlap"))
+    rho, overlap = finite_or_none(stab.get("spearman")), finite_or_none(stab.get("top_k_overlap"))
     half = stab.get("items_per_half")
     if rho is None or overlap is None:
         return f"ranking stability: not measurable ({half} item(s) a half; needs 2 or more)"
-    low = _finite(stab.get("spearman_min"))
+    low = finite_or_none(stab.get("spearman_min"))
     low_text = f" (min {low:.2f})" if low is not None else ""
     return (
         f"ranking stability: split-half Spearman {rho:.2f}{low_text}, top-{stab.get('k')} "
@@ -67,12 +59,12 @@ def causal_text(causal: Mapping[str, Any] | None) -> str | None:
         return f"no causal check: {skipped}" if skipped else None
     k = causal.get("k", "k")
     parts = [str(causal["verdict"])]
-    top, lo, hi = (_finite(causal.get(f"effect_top{end}")) for end in ("", "_lo", "_hi"))
+    top, lo, hi = (finite_or_none(causal.get(f"effect_top{end}")) for end in ("", "_lo", "_hi"))
     if top is not None:
-        level = _finite(causal.get("level")) or 0.95
+        level = finite_or_none(causal.get("level")) or 0.95
         ci = f", {level:.0%} CI [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else ""
         parts.append(f"top-{k} effect {top:.3g}{ci}")
-    random = _finite(causal.get("effect_random"))
+    random = finite_or_none(causal.get("effect_random"))
     if random is not None:
         parts.append(f"random-{k} effect {random:.3g} (mean of {causal.get('draws')} draws)")
     return "; ".join(parts)
