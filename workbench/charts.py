@@ -165,6 +165,10 @@ def verdict_line(causal: Mapping[str, Any], sep: str = "; ") -> str:
     return f"{verdict}{sep}top-k effect {level:.0%} CI [{lo:.3g}, {hi:.3g}]"
 
 
+#: Characters per line of a causal chart's heading (14 px type).
+HEADING_CHARS = 40
+#: Characters per line of a causal chart's metric axis title.
+AXIS_TITLE_CHARS = 22
 #: Characters per title line of a causal chart: the app's panel is ~360 px wide.
 TITLE_CHARS = 56
 
@@ -194,8 +198,12 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
     base = finite_or_none(causal.get("base"))
     base_text = f"{base:.4g}" if base is not None else "?"
     metric = causal.get("metric", "metric")
-    verdict = _title_lines(verdict_line(causal, sep="\n"))  # readable in a narrow panel
-    fig.update_yaxes(title_text=str(metric), zeroline=False, secondary_y=False)
+    heading = _title_lines(f"Causal check: {metric}", HEADING_CHARS)  # a narrow panel too
+    verdict = _title_lines(verdict_line(causal, sep="\n"))
+    # the axis title is the metric's name only (its details are in the chart title) and wraps:
+    # a long one ran past the short plot into the title lines
+    axis_title = "<br>".join(textwrap.wrap(str(metric).split(",")[0], AXIS_TITLE_CHARS))
+    fig.update_yaxes(title_text=axis_title, zeroline=False, secondary_y=False)
     fig.update_yaxes(title_text="change", secondary_y=True)
     fig.update_layout(
         font={"family": FONT, "size": 12},
@@ -204,9 +212,9 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
         height=height,
         title={
             "text": (
-                f"Causal check: {metric}<br><sup>"
-                f"{causal.get('mode', '')} ablation · unablated {base_text} (dashed) · "
-                f"{better}</sup>" + "".join(f"<br><sup>{line}</sup>" for line in verdict)
+                "<br>".join(heading)
+                + f"<br><sup>{causal.get('mode', '')} ablation · unablated {base_text} (dashed)"
+                f" · {better}</sup>" + "".join(f"<br><sup>{line}</sup>" for line in verdict)
             ),
             "font": {"size": 14},
             "x": 0.01,
@@ -215,7 +223,7 @@ def causal_figure(causal: Mapping[str, Any], height: int = 340) -> go.Figure:
         },
         showlegend=bool(_draws(causal.get("random_k"))),
         legend={"orientation": "h", "y": -0.15},
-        margin={"l": 70, "r": 60, "t": 75 + 16 * len(verdict), "b": 50},
+        margin={"l": 70, "r": 60, "t": 55 + 20 * len(heading) + 16 * len(verdict), "b": 50},
     )
     return fig
 
