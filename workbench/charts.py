@@ -165,6 +165,8 @@ def verdict_line(causal: Mapping[str, Any], sep: str = "; ") -> str:
     return f"{verdict}{sep}top-k effect {level:.0%} CI [{lo:.3g}, {hi:.3g}]"
 
 
+#: Characters per verdict line above one panel of :func:`causal_grid_figure` (~340 px wide).
+GRID_TITLE_CHARS = 46
 #: Characters per line of a causal chart's heading (14 px type).
 HEADING_CHARS = 40
 #: Characters per line of a causal chart's metric axis title.
@@ -247,13 +249,21 @@ def causal_grid_figure(
         return None
     rows = table.to_dict("records")
     several_models = table["model"].nunique() > 1 if "model" in table else False
+    verdicts = [
+        _title_lines(r["verdict"], GRID_TITLE_CHARS)
+        if isinstance(r.get("verdict"), str) and r["verdict"]
+        else []
+        for r in rows
+    ]  # wrapped to the panel's width: a long one ran into its neighbours' titles
     titles = [
         f"{r['analyzer']}<br><sup>{r.get('metric')}"
         + (f" · {r['model']}" if several_models else "")
-        + (f"<br>{r['verdict']}" if isinstance(r.get("verdict"), str) and r["verdict"] else "")
+        + "".join(f"<br>{line}" for line in lines)
         + "</sup>"
-        for r in rows
+        for r, lines in zip(rows, verdicts, strict=True)
     ]
+    extra = 14 * max(map(len, verdicts))  # pixels the wrapped verdicts add above each panel
+    height = 140 + (380 + extra) * math.ceil(len(rows) / min(per_row, len(rows)))
     ncols = min(per_row, len(rows))
     nrows = math.ceil(len(rows) / ncols)
     spacing = vertical_spacing if vertical_spacing is not None else 0.5 / (nrows * 2)
@@ -269,13 +279,25 @@ def causal_grid_figure(
         r, c = divmod(i, ncols)
         add_causal_panel(fig, row, r + 1, c + 1, legend=i == 0)
     fig.update_layout(
-        title="Causal evidence: top-k vs k random same-layer heads ablated<br><sup>bars from "
-        "the unablated value (dashed) to the ablated one; right axes: change</sup>",
+        title={  # pinned to the top: the panels' titles grow upwards with their verdicts
+            "text": "Causal evidence: top-k vs k random same-layer heads ablated<br><sup>bars "
+            "from the unablated value (dashed) to the ablated one; right axes: change</sup>",
+            "yref": "container",
+            "y": 1 - 36 / height,
+            "yanchor": "top",
+        },
         font={"family": FONT, "size": 12},
         plot_bgcolor="white",
-        height=140 + 380 * nrows,
+        height=height,
         width=max(640, 340 * ncols),
-        legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.16, "yanchor": "bottom"},
-        margin={"t": 130, "b": 110},
+        legend={
+            "orientation": "h",
+            "x": 1.0,
+            "xanchor": "right",
+            "yref": "container",
+            "y": 0.99,
+            "yanchor": "top",
+        },
+        margin={"t": 150 + extra, "b": 110},
     )
     return fig

@@ -196,8 +196,16 @@ def _evidence_section(results: Results) -> list[str]:
         "task items (mean and minimum over random splits) and the overlap of their top-k sets. "
         "Causal: the top-k heads ablated against random same-layer sets (empirical p-value, "
         "bootstrap interval of the top-k effect over items; positive effect = hurts).</p>",
-        _table(table),
+        f"<div class='wide'>{_table(verdict_last(table), 'tbl evidence')}</div>",
     ]
+
+
+def verdict_last(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its ``verdict`` column (a sentence) last, where the page's style lets it
+    take the width it needs."""
+    if "verdict" not in table.columns:
+        return table
+    return table[[*table.columns.drop("verdict"), "verdict"]]
 
 
 def _table(df: pd.DataFrame, cls: str = "tbl") -> str:
@@ -214,6 +222,8 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1500px}
 h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
 .tbl{border-collapse:collapse;font-size:12px;margin:8px 0}
 .tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right}
+.wide{overflow-x:auto}
+.evidence td:last-child{min-width:26em;text-align:left}
 .row{display:flex;flex-wrap:wrap;gap:8px} pre{font-size:11px;background:#f6f6f6;padding:8px}
 .ev{font-size:12px;color:#333;margin:4px 0 12px 0}
 .warn{background:#fff3e0;border-left:4px solid #e65100;padding:8px 12px;font-weight:600}
