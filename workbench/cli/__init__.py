@@ -7,7 +7,9 @@ register themselves on import, other packages' commands come from the entry-poin
 ``workbench.commands``. The core never imports a front-end.
 
 Every user error is a :class:`~workbench.errors.WorkbenchError` printed as one line
-(``error: ...``) with exit status 2; nothing prints a traceback for bad input.
+(``error: ...``) with exit status 2; nothing prints a traceback for bad input. Ctrl-C prints
+``interrupted``; :func:`main` returns 130 and the process (:func:`run`) ends by SIGINT, as an
+uncaught Ctrl-C would, so the shell sees status 130.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from workbench.cli.registry import (
     ENTRY_POINT_GROUP,
@@ -30,6 +34,9 @@ from workbench.cli.registry import (
     register,
 )
 from workbench.errors import WorkbenchError
+
+#: What :func:`main` returns after Ctrl-C (128 + SIGINT, the shell's status for it).
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 #: The modules of the built-in commands, imported (so registered) in the order that
 #: ``workbench --help`` lists them.
@@ -78,16 +85,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def run() -> NoReturn:
+    """Process entry point (the ``workbench`` console script, ``python -m workbench.cli``).
+
+    Exits with :func:`main`'s status. After Ctrl-C it ends by SIGINT with the default handler,
+    the convention for interrupted programs (the shell sees 130 and a loop around the command
+    stops). Exiting with ``sys.exit(130)`` instead is not reliable: CPython marks a
+    ``KeyboardInterrupt`` that passes through C code running Python (an import inside an
+    extension, for one) as unhandled even when ours catches it, and then kills the process by
+    SIGINT at exit anyway; so the status would depend on where the interrupt landed.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED and os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(code)
 
 
 __all__ = [
     "BUILTIN_MODULES",
     "ENTRY_POINT_GROUP",
+    "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
     "Command",
     "build_parser",
     "command",
     "main",
     "register",
+    "run",
 ]

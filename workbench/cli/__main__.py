@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from workbench.cli import run
 
-from workbench.cli import main
-
-sys.exit(main())
+run()
