@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from workbench.analyzers import refusal, safety
+from workbench.analyzers import principal_angles, refusal, safety
 from workbench.analyzers.base import AnalyzerError
 from workbench.errors import WorkbenchError
 from workbench.organisms import refusal as refusal_organism
@@ -91,20 +91,20 @@ def test_principal_angle_hand_worked():
     # rank-1 matrices: prompt-space singular vector is the column of weights
     a = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # u = e1 (prompts), v = e1 (hidden)
     b = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # u = (e1+e2)/sqrt2
-    assert safety.principal_angle(a, b) == pytest.approx(45.0, abs=1e-9)
-    assert safety.principal_angle(a, b, space="hidden") == pytest.approx(0.0, abs=1e-6)
+    assert principal_angles.principal_angle(a, b) == pytest.approx(45.0, abs=1e-9)
+    assert principal_angles.principal_angle(a, b, space="hidden") == pytest.approx(0.0, abs=1e-6)
     c = torch.tensor([[0.0, 0.0], [0.0, 3.0], [0.0, 0.0]])  # u = e2, v = e2
-    assert safety.principal_angle(a, c) == pytest.approx(90.0, abs=1e-9)
-    assert safety.principal_angle(a, c, space="hidden") == pytest.approx(90.0, abs=1e-9)
-    assert safety.principal_angle(a, -a) == pytest.approx(0.0, abs=1e-6)  # sign-free
+    assert principal_angles.principal_angle(a, c) == pytest.approx(90.0, abs=1e-9)
+    assert principal_angles.principal_angle(a, c, space="hidden") == pytest.approx(90.0, abs=1e-9)
+    assert principal_angles.principal_angle(a, -a) == pytest.approx(0.0, abs=1e-6)  # sign-free
     # rotation by 30 degrees in the hidden plane, a shared prompt direction
     t = math.radians(30)
     d = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
     e = torch.tensor([[2 * math.cos(t), 2 * math.sin(t)], [math.cos(t), math.sin(t)]])
-    assert safety.principal_angle(d, e, space="hidden") == pytest.approx(30.0, abs=1e-6)
-    assert safety.principal_angle(d, e) == pytest.approx(0.0, abs=1e-6)
+    assert principal_angles.principal_angle(d, e, space="hidden") == pytest.approx(30.0, abs=1e-6)
+    assert principal_angles.principal_angle(d, e) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(AnalyzerError, match="sahara_space"):
-        safety.principal_angle(a, b, space="keys")
+        principal_angles.principal_angle(a, b, space="keys")
 
 
 def test_bad_training_params_are_clear_errors():

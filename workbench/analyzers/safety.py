@@ -35,7 +35,6 @@ restricts the scan.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -54,6 +53,7 @@ from workbench.analyzers.base import (
 )
 from workbench.analyzers.causal import GENERATION_DRAWS, causal_evidence
 from workbench.analyzers.params import Check, count, flag, layer_list, one_of, real, word_list
+from workbench.analyzers.principal_angles import principal_angle
 from workbench.analyzers.prompts import as_items
 from workbench.analyzers.refusal import (
     harmful_prompts,
@@ -76,27 +76,6 @@ if TYPE_CHECKING:
 N_PROMPTS = 8  #: default task size, chosen by measurement (analyzers.stability_sizes)
 QUICK = {"n_prompts": 8, "draws": 3}  #: quick mode: the earlier small task
 HARMLESS_DRAWS = 3  #: random sets whose harmless-prompt refusal rate is measured too
-
-
-def top_singular_basis(matrix: torch.Tensor, rank: int = 1, space: str = "prompts"):
-    """Orthonormal basis of the top-``rank`` singular subspace of ``matrix`` (N x d):
-    left singular vectors (N x rank, ``space="prompts"``) or right ones (d x rank, "hidden")."""
-    u, _, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
-    if space == "prompts":
-        return u[:, :rank]
-    if space == "hidden":
-        return vh[:rank].T
-    raise AnalyzerError(f"sahara_space must be 'prompts' or 'hidden', got {space!r}")
-
-
-def principal_angle(a: torch.Tensor, b: torch.Tensor, rank: int = 1, space: str = "prompts"):
-    """Largest principal angle, in degrees, between the top-``rank`` singular subspaces of the
-    matrices ``a`` and ``b`` (both N x d): ``arccos`` of the smallest singular value of
-    ``Ua^T Ub``. 0 = same subspace, 90 = orthogonal. Sahara's rotation measure (rank 1)."""
-    ua = top_singular_basis(a, rank, space)
-    ub = top_singular_basis(b, rank, space)
-    s = torch.linalg.svdvals(ua.T @ ub)
-    return math.degrees(math.acos(float(s.min().clamp(-1.0, 1.0))))
 
 
 def _check_heads_scan(lm: LoadedModel, layers: Sequence[int] | None) -> list[tuple[int, int]]:
