@@ -27,11 +27,13 @@ import pandas as pd
 import torch
 
 import workbench
+from app.progress_text import ProgressText
 from app.state import SessionStore
 from workbench import analyzers
 from workbench import interventions as iv
 from workbench.interventions import recipes
 from workbench.maps import pooled_to_mass, regroup_mass
+from workbench.model_parts import layer_progress
 from workbench.serialize import jsonable
 
 if TYPE_CHECKING:
@@ -116,12 +118,15 @@ def run_prompt(
     n = enc.n_tokens
     block = max(1, math.ceil(n / OVERVIEW_CELLS))
     full = n <= FULL_MAP_TOKENS
-    report(
-        f"Running the model on {n} tokens: head statistics"
-        + (" and full maps" if full else "")
-        + " for every head…"
-    )
+    what = f"Running the model on {n} tokens (head statistics{' and full maps' if full else ''})"
+    report(f"{what}…")
+    status = ProgressText()
     with ExitStack() as stack:
+        stack.enter_context(  # a long forward reports each layer as it finishes
+            layer_progress(
+                lm.model, lambda done, total: report(status(f"{what}: layer", done, total))
+            )
+        )
         stats = stack.enter_context(
             lm.statistics(
                 received=True, entropy=False, argmax=False, distance=False, pooled_block=block

@@ -9,7 +9,7 @@ weights for one part), always restoring them on exit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -205,3 +205,24 @@ __all__ = [
     "spec_of",
     "unembedding",
 ]
+
+
+@contextmanager
+def layer_progress(model: nn.Module, callback: Callable[[int, int], None]) -> Iterator[None]:
+    """Call ``callback(done, n_layers)`` each time a decoder block of ``model`` finishes during
+    the forwards run inside the ``with`` block (``done`` counts the blocks finished in the
+    current forward: 1..n_layers). Forward hooks on the blocks of the architecture table,
+    removed on exit, also on error. For progress by layer of one long forward."""
+    blocks = decoder_blocks(model)
+    n_layers = len(blocks)
+    index = {id(block): i for i, block in enumerate(blocks)}
+
+    def done(block: nn.Module, _args: object, _output: object) -> None:
+        callback(index[id(block)] + 1, n_layers)
+
+    handles = [block.register_forward_hook(done) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -9,11 +9,13 @@ its evidence columns, and ``df.attrs`` holding its parameters, counts (``prompts
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,6 +35,35 @@ from workbench.lm import LoadedModel
 
 Progress = bool | Callable[[str, int, int], None]
 """A tqdm bar (True), nothing (False), or a callback ``progress(desc, done, total)``."""
+
+#: The ``progress`` of the analyzer ``run`` in progress (set by the checked ``run``), so that
+#: phases after the prompt loop (the causal check) report to the same place: :func:`phase`.
+_RUN_PROGRESS: ContextVar[Progress] = ContextVar("analyzer_run_progress", default=False)
+
+
+@contextlib.contextmanager
+def phase(desc: str, total: int) -> Iterator[Callable[[], None]]:
+    """Progress of a phase of ``total`` steps outside the prompt loop (the causal check's
+    forwards), shown where the running analyzer shows its progress: its callback gets
+    ``(desc, done, total)`` at the start and after each step, ``progress=True`` gets a tqdm
+    bar, ``False`` nothing. Yields ``step()``, to call after each step."""
+    progress = _RUN_PROGRESS.get()
+    bar = tqdm(total=total, desc=desc, leave=False, disable=callable(progress) or not progress)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        bar.update(1)
+        if callable(progress):
+            progress(desc, done, total)
+
+    if callable(progress):
+        progress(desc, 0, total)
+    try:
+        yield step
+    finally:
+        bar.close()
 
 
 QUICK_NOTE = (
@@ -64,7 +95,11 @@ def _checked_run(run: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame
         quick = bool(params.get("quick", False))
         if quick:  # the small task of quick mode, for what the caller did not set
             params = {**type(self).quick_params, **params}
-        df = run(self, lm, prompts, **params)
+        token = _RUN_PROGRESS.set(params.get("progress", True))
+        try:
+            df = run(self, lm, prompts, **params)
+        finally:
+            _RUN_PROGRESS.reset(token)
         if "quick" in type(self).parameters():
             df.attrs["quick"] = quick
             if quick:

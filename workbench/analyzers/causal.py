@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from probes.checks import choice, integer
-from workbench.analyzers.base import AnalyzerError, checked
+from workbench.analyzers.base import AnalyzerError, checked, phase
 from workbench.analyzers.uncertainty import causal_significance
 from workbench.heads import head_id
 from workbench.interventions import INTERVENTIONS, head_pairs
@@ -113,7 +113,8 @@ def causal_evidence(
     ``effect_random``, ``ratio``, ``effect_top_lo/hi``, ``difference_lo/hi``, ``p_value``,
     ``p_min``, ``significant``, ``verdict``...). For a one-number metric the intervals are NaN
     and ``interval_note`` says why. ``mode_params`` go to the ablation (``means=`` for mean
-    ablation, ``factor=`` for scale).
+    ablation, ``factor=`` for scale). Its ``draws + 2`` metric runs report progress as the phase
+    ``"causal check"`` of the running analyzer (:func:`~workbench.analyzers.base.phase`).
     """
     k = integer("k", k, minimum=1, error=AnalyzerError)
     draws = integer("draws", draws, minimum=1, error=AnalyzerError)  # 0 draws: a NaN control
@@ -123,18 +124,22 @@ def causal_evidence(
     mode_params = dict(mode_params or {})
     k = min(k, len(ranked_heads))
     top = [tuple(h) for h in ranked_heads[:k]]
-    base, base_items = _values(metric(lm), "nothing ablated")
-    with make_intervention(mode, lm, heads=top, **mode_params):
-        top_value, top_items = _values(metric(lm), "top-k ablated")
     gen = torch.Generator().manual_seed(seed)
     random_values, random_items, random_sets = [], [], []
-    for _ in range(draws):
-        heads = random_heads_like(top, lm.info.n_heads, gen, lm.info.n_layers)
-        with make_intervention(mode, lm, heads=heads, **mode_params):
-            value, items = _values(metric(lm), "random heads ablated")
-        random_values.append(value)
-        random_items.append(items)
-        random_sets.append([head_id(*h) for h in heads])
+    with phase("causal check", draws + 2) as step:  # nothing, top-k, then the random sets
+        base, base_items = _values(metric(lm), "nothing ablated")
+        step()
+        with make_intervention(mode, lm, heads=top, **mode_params):
+            top_value, top_items = _values(metric(lm), "top-k ablated")
+        step()
+        for _ in range(draws):
+            heads = random_heads_like(top, lm.info.n_heads, gen, lm.info.n_layers)
+            with make_intervention(mode, lm, heads=heads, **mode_params):
+                value, items = _values(metric(lm), "random heads ablated")
+            random_values.append(value)
+            random_items.append(items)
+            random_sets.append([head_id(*h) for h in heads])
+            step()
     per_item = base_items is not None
     if per_item and any(v is None or len(v) != len(base_items) for v in [top_items, *random_items]):
         raise AnalyzerError("the causal metric returned a different number of items per run")
