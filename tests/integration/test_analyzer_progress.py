@@ -30,7 +30,9 @@ def test_causal_check_reports_each_of_its_runs(lm):
 @pytest.mark.model
 def test_no_callback_no_causal_reports_and_no_leak_between_runs(lm):
     calls: list[tuple[str, int, int]] = []
-    analyze("previous_token", lm, ["a b c d e f"], progress=lambda *a: calls.append(a), causal=False)
+    analyze(
+        "previous_token", lm, ["a b c d e f"], progress=lambda *a: calls.append(a), causal=False
+    )
     assert calls and all(c[0] != "causal check" for c in calls)
     # a later run without a callback must not report to the earlier run's callback
     n = len(calls)
