@@ -39,7 +39,7 @@ class ProgressText:
         self._last_done = done
         text = f"{desc}: {done}/{total} · {duration(now - self.start)} elapsed"
         steps = done - self._first_done
-        if 0 < steps and done < total:
+        if steps > 0 and done < total:
             left = (now - self._phase_start) / steps * (total - done)
             text += f" · about {duration(left)} left"
         return text
