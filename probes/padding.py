@@ -76,6 +76,12 @@ def padding_active() -> bool:
     return _LENGTHS.get() is not None
 
 
+def padded_lengths() -> tuple[int, ...] | None:
+    """The prompt lengths of the active :func:`right_padded` block (row ``b`` holds
+    ``lengths[b]`` real tokens), or None outside one."""
+    return _LENGTHS.get()
+
+
 def _cut(value: Tensor | None, b: int, dims: dict[int, slice]) -> Tensor | None:
     if value is None:
         return None

@@ -49,6 +49,16 @@ FAMILIES: dict[str, dict] = {
     "qwen3_moe": dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
     "starcoder2": dict(sliding_window=WINDOW),
     "cohere2": dict(sliding_window=WINDOW, head_dim=16, layer_types=MIXED),
+    "afmoe": dict(
+        head_dim=16,
+        sliding_window=WINDOW,
+        layer_types=MIXED,
+        num_dense_layers=1,
+        num_experts=4,
+        num_experts_per_tok=2,
+        num_shared_experts=1,
+        moe_intermediate_size=32,
+    ),
 }
 
 

@@ -91,6 +91,10 @@ class ArchitectureSpec:
             ``"sliding_attention"``: Gemma 2/3, gpt-oss, Cohere 2, Qwen 2/3).
         sink_logits: attribute of the attention module holding learned per-head sink logits
             (H,) (gpt-oss ``sinks``, passed to the attention function as ``s_aux``); None.
+        output_gate: attribute of the attention module whose output ``g`` (B, L, H * head_dim)
+            gates the heads' outputs elementwise before the output projection,
+            ``o_proj(attn * sigmoid(g))`` (gated attention: Qiu et al. 2025, "Gated Attention
+            for Large Language Models", arXiv:2505.06708; AFMoE ``gate_proj``); None = no gate.
     """
 
     model_type: str
@@ -117,6 +121,7 @@ class ArchitectureSpec:
     hidden_size_key: str = "hidden_size"
     sliding_window: str = "none"
     sink_logits: str | None = None
+    output_gate: str | None = None
 
     def __post_init__(self) -> None:
         if self.sliding_window not in WINDOW_RULES:
@@ -170,6 +175,16 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         _row("starcoder2", norm=NormSpec("layer", "norm_epsilon"), sliding_window="all_layers"),
         _row("olmo2", attn_output_norm="post_attention_layernorm"),
         _row("gpt_oss", sliding_window="per_layer", sink_logits="sinks"),
+        # AFMoE (Arcee Trinity): gated heads, a norm on the attention output, MoE MLPs, RoPE on
+        # the sliding layers only (applied inside the attention module). With mup_enabled the
+        # decoder scales its input embeddings, so the layer-suffix shortcut falls back to full
+        # forwards there (workbench.layer_suffix checks it).
+        _row(
+            "afmoe",
+            attn_output_norm="post_attention_layernorm",
+            sliding_window="per_layer",
+            output_gate="gate_proj",
+        ),
         _row(
             "cohere2",
             norm=NormSpec("layer", "layer_norm_eps"),

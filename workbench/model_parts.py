@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from probes.checks import choice, index_list
 from workbench.architectures import ArchitectureSpec, config_value, module_at, spec_for
-from workbench.errors import LayerOutOfRangeError
+from workbench.errors import LayerOutOfRangeError, UnsupportedArchitectureError
 
 #: The block parts :func:`borrowed_weights` can swap, by the table column that names them.
 BLOCK_PARTS = ("attention", "mlp")
@@ -76,6 +76,27 @@ def sink_logits(model: nn.Module) -> list[Tensor] | None:
     if attr is None:
         return None
     return [getattr(block_attention, attr) for block_attention in attention_modules(model)]
+
+
+def output_gates(model: nn.Module) -> list[nn.Module] | None:
+    """Per layer, the module whose output ``g`` (B, L, H * head_dim) gates the heads' outputs,
+    ``o_proj(attn * sigmoid(g))`` (gated attention, Qiu et al. 2025; AFMoE ``gate_proj``), or
+    None for rows without an output gate."""
+    attr = spec_of(model).output_gate
+    if attr is None:
+        return None
+    return [getattr(block_attention, attr) for block_attention in attention_modules(model)]
+
+
+def require_no_output_gate(model: nn.Module, what: str) -> None:
+    """Refuse ``what`` (an analysis that reads head outputs through the output projection's
+    weights alone) on a model whose heads pass an input-dependent output gate first."""
+    if spec_of(model).output_gate is not None:
+        raise UnsupportedArchitectureError(
+            f"{what} reads each head's output through the output projection, but "
+            f"{spec_of(model).model_type!r} multiplies head outputs by an input-dependent gate "
+            "first (gated attention); it is not supported for gated-attention models yet"
+        )
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:

@@ -24,7 +24,7 @@ from workbench.layer_suffix import SuffixRunner, decoder_hidden, residual_enteri
 
 ROWS = [*FAMILIES, "gemma3"]
 WINDOWED = {"mistral", "qwen2", "gemma2", "gemma3_text", "gemma3", "gpt_oss", "mixtral"}
-WINDOWED |= {"starcoder2", "cohere2"}
+WINDOWED |= {"starcoder2", "cohere2", "afmoe"}
 L = 13  # prompt length, longer than the sliding window 8
 
 
@@ -102,7 +102,8 @@ def test_head_counts_and_windows_are_what_the_attention_function_gets(row):
     family, model = row
     calls: dict[int, tuple] = {}
 
-    def record(module, query, key, value, mask, dropout=0.0, scaling=None, **kwargs):
+    def record(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None, **kwargs):
+        # attention_mask: positional in most families, a keyword in AFMoE
         calls[module.layer_idx] = (query.shape, key.shape, kwargs.get("sliding_window"))
         return torch.zeros_like(query).transpose(1, 2).contiguous(), None
 

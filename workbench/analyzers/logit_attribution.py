@@ -38,7 +38,13 @@ from workbench.generation import pad_id
 from workbench.interventions import HeadMeans, Intervention, MeanAblation, ZeroAblation
 from workbench.interventions.base import HeadLike
 from workbench.interventions.patching import PatchHeads
-from workbench.model_parts import attn_output_norms, final_norm, spec_of, unembedding
+from workbench.model_parts import (
+    attn_output_norms,
+    final_norm,
+    require_no_output_gate,
+    spec_of,
+    unembedding,
+)
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
@@ -117,6 +123,7 @@ def frozen_norm_output(model: nn.Module, norm: nn.Module, resid: Tensor) -> Tens
 
 def head_out_weights(lm: LoadedModel, layer: int) -> Tensor:
     """(H, D, d_model) per-head slices of layer ``layer``'s output projection."""
+    require_no_output_gate(lm.model, "direct logit attribution")
     info = lm.layout
     weight = lm.layout.out_projections[layer].weight.detach()
     if not lm.layout.out_proj_transposed:  # nn.Linear: (d_model, H*D)
@@ -241,6 +248,7 @@ def attribute(
     """
     if baseline not in BASELINES:
         raise AnalyzerError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    require_no_output_gate(lm.model, "direct logit attribution")
     layout = lm.layout
     n_layers, n_heads, dim = layout.n_layers, layout.n_heads, layout.head_dim
     if baseline == "corrupt":

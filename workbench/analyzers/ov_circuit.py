@@ -49,6 +49,7 @@ from workbench.model_parts import (
     input_device,
     input_embedding,
     only_blocks,
+    require_no_output_gate,
     unembedding,
 )
 
@@ -157,6 +158,7 @@ def head_writers(lm: LoadedModel, layer: int) -> Tensor:
     value coefficient of each head of layer ``layer`` writes, ``g_f * (g_a * W_O^h[:, i])``,
     with ``g_a``, ``g_f`` the weights of the attention-output norm (where the row has one) and
     of the final norm (LayerNorm rows also centre), without their per-position scales."""
+    require_no_output_gate(lm.model, "the OV-circuit analysis")
     model = lm.model
     w_o = head_out_weights(lm, layer).double()  # (H, D, d)
     d_model = w_o.shape[-1]
