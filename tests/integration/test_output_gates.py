@@ -39,7 +39,7 @@ def gate_means_by_hand(gated_lm) -> torch.Tensor:
         seen = {}
         handles = [
             layer.self_attn.gate_proj.register_forward_hook(
-                lambda _m, _a, out, i=i: seen.__setitem__(i, out.detach().double())
+                lambda _m, _a, out, i=i, seen=seen: seen.__setitem__(i, out.detach().double())
             )
             for i, layer in enumerate(model.model.layers)
         ]
