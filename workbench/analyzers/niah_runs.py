@@ -12,7 +12,7 @@ end-of-sequence token does not stop it: it decodes on to ``max_new_tokens`` or a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -136,42 +136,130 @@ def run_niah_test(
 ) -> NiahRun:
     """Decode one test greedily (stop rule ``STOP_RULES[stop_tokens]``); with ``record``, keep
     every head's argmax key at every step through the kernels' statistics probe (one record per
-    decoding step, no L x L maps)."""
-    enc, where = encode_test(lm, item, chat, system)
-    argmax = None
+    decoding step, no L x L maps). One test of :func:`run_niah_tests`."""
+    (run,) = run_niah_tests(
+        lm,
+        [item],
+        batch_size=1,
+        max_new_tokens=max_new_tokens,
+        record=record,
+        chat=chat,
+        system=system,
+        stop_at_newline=stop_at_newline,
+        stop_tokens=stop_tokens,
+    )
+    return run
+
+
+def run_niah_tests(
+    lm: LoadedModel,
+    items: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = 1,
+    max_new_tokens: int = 24,
+    record: bool = True,
+    chat: bool = True,
+    system: str | None = None,
+    stop_at_newline: bool = True,
+    stop_tokens: str = DEFAULT_STOP,
+) -> Iterator[NiahRun]:
+    """Decode ``items`` greedily, up to ``batch_size`` consecutive tests of similar length in
+    one left-padded batch (:func:`consecutive_batches`), and yield one :class:`NiahRun` per item,
+    in order, each equal to a one-test run: a row's response ends at its first stop event
+    (:func:`emitted_until_stop`, the rule that ends a one-test decode), and its argmax keys at
+    step ``s`` are the batch's step-``s`` record of that row shifted by its left padding.
+    Every test is encoded and located before the first forward."""
+    prepared = [encode_test(lm, item, chat, system) for item in items]
+    rule = STOP_RULES[stop_tokens]
+    newline = rule.newline(lm.tokenizer) if stop_at_newline else None
+    eos = eos_token_ids(lm) if rule.eos else set()
     decode = {
         "max_new_tokens": max_new_tokens,
         "stop_at_newline": stop_at_newline,
         "stop_tokens": stop_tokens,
     }
-    if record:
-        with lm.statistics(argmax=True, received=False, entropy=False, distance=False) as st:
-            (emitted,) = decode_greedy(lm, [enc], **decode)
-        recs = st.records
-        n_steps = min(recs.steps(layer) for layer in range(lm.info.n_layers))
-        if n_steps != emitted.numel():
-            raise AnalyzerError(
-                f"recorded {n_steps} decoding steps for {emitted.numel()} generated tokens"
-            )
-        argmax = torch.stack(
-            [
-                torch.stack(
-                    [recs[layer, s].stats["argmax"][0, :, -1] for layer in range(lm.info.n_layers)]
+    n_layers = lm.info.n_layers
+    for chunk in consecutive_batches([enc.n_tokens for enc, _ in prepared], batch_size):
+        encs = [prepared[i][0] for i in chunk]
+        width = max(enc.n_tokens for enc in encs)
+        recs = None
+        if record:
+            with lm.statistics(argmax=True, received=False, entropy=False, distance=False) as st:
+                rows = decode_greedy(lm, encs, **decode)
+            recs = st.records
+            n_steps = min(recs.steps(layer) for layer in range(n_layers))
+        else:
+            rows = decode_greedy(lm, encs, **decode)
+        for b, i in enumerate(chunk):
+            enc, where = prepared[i]
+            emitted = emitted_until_stop(rows[b], newline, eos) if len(chunk) > 1 else rows[b]
+            argmax = None
+            if recs is not None:
+                if n_steps < emitted.numel():
+                    raise AnalyzerError(
+                        f"recorded {n_steps} decoding steps for {emitted.numel()} generated tokens"
+                    )
+                pad = width - enc.n_tokens  # left padding: key k of the batch is key k - pad
+                argmax = (
+                    torch.stack(
+                        [
+                            torch.stack(
+                                [
+                                    recs[layer, s].stats["argmax"][b, :, -1]
+                                    for layer in range(n_layers)
+                                ]
+                            )
+                            for s in range(emitted.numel())
+                        ]
+                    )
+                    - pad
                 )
-                for s in range(n_steps)
-            ]
-        )
-    else:
-        (emitted,) = decode_greedy(lm, [enc], **decode)
-    response = lm.tokenizer.decode(emitted, skip_special_tokens=True).strip()
-    return NiahRun(
-        response,
-        enc.input_ids[0].cpu(),
-        emitted,
-        argmax,
-        where["needle_span"],
-        where["answer_span"],
-    )
+            response = lm.tokenizer.decode(emitted, skip_special_tokens=True).strip()
+            yield NiahRun(
+                response,
+                enc.input_ids[0].cpu(),
+                emitted,
+                argmax,
+                where["needle_span"],
+                where["answer_span"],
+            )
+
+
+def eos_token_ids(lm: LoadedModel) -> set[int]:
+    """The end-of-sequence ids generation stops at (the generation config's, else the
+    tokenizer's)."""
+    ids = getattr(lm.model.generation_config, "eos_token_id", None)
+    if ids is None:
+        ids = lm.tokenizer.eos_token_id
+    if ids is None:
+        return set()
+    return {int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])}
+
+
+def emitted_until_stop(row: Tensor, newline: StoppingCriteria | None, eos: set[int]) -> Tensor:
+    """The tokens of one batch row (S,) up to and including its first stop event (an ``eos``
+    id, or a token the ``newline`` criterion stops at): what the row would have emitted alone;
+    after it, a batch fills the row with padding while the other rows decode on."""
+    for t in range(row.numel()):
+        token = int(row[t])
+        if token in eos or (newline is not None and bool(newline(row[None, : t + 1], None)[0])):
+            return row[: t + 1]
+    return row
+
+
+def consecutive_batches(lengths: Sequence[int], size: int, spread: float = 1.25) -> list[list[int]]:
+    """Indices ``0..n-1`` in runs of consecutive items, at most ``size`` a run, a run never
+    holding a prompt more than ``spread`` times as long as its shortest (results stream in
+    order, so an interrupted scan keeps a prefix of the items)."""
+    batches: list[list[int]] = []
+    for i in range(len(lengths)):
+        grown = [*batches[-1], i] if batches and len(batches[-1]) < size else None
+        chosen = [lengths[j] for j in grown or ()]
+        if grown and max(chosen) <= spread * min(chosen):
+            batches[-1] = grown
+        else:
+            batches.append([i])
+    return batches
 
 
 def length_batches(lengths: Sequence[int], size: int, spread: float = 1.25) -> list[list[int]]:
@@ -258,4 +346,5 @@ __all__ = [
     "niah_accuracy",
     "niah_passes",
     "run_niah_test",
+    "run_niah_tests",
 ]

@@ -33,12 +33,13 @@ from workbench.analyzers.base import (
 from workbench.analyzers.causal import GENERATION_DRAWS, causal_evidence
 from workbench.analyzers.niah import DEFAULT_DEPTHS, DEFAULT_LENGTHS, NiahError, make_niah_tasks
 from workbench.analyzers.niah_runs import (
+    BATCH,
     DEFAULT_STOP,
     STOP_RULES,
     NiahRun,
     encode_test,
     niah_passes,
-    run_niah_test,
+    run_niah_tests,
 )
 from workbench.analyzers.params import (
     Check,
@@ -59,6 +60,7 @@ from workbench.analyzers.retrieval_rule import (
     copy_events,
     overlap_span,
 )
+from workbench.batching import auto_batch_size
 
 if TYPE_CHECKING:
     from workbench.lm import LoadedModel
@@ -205,7 +207,11 @@ class RetrievalAnalyzer(Analyzer):
         draws: int = GENERATION_DRAWS,
         causal_tests: int = CAUSAL_TESTS,
         quick: bool = False,
+        batch_size: int | str = "auto",
     ) -> pd.DataFrame:
+        """``batch_size``: needle tests per batched greedy decode (``"auto"``: up to
+        :data:`~workbench.analyzers.niah_runs.BATCH`, sized from free memory); batched runs
+        equal one-test runs (:func:`~workbench.analyzers.niah_runs.run_niah_tests`)."""
         generated = prompts is None
         if generated:
             try:
@@ -230,6 +236,8 @@ class RetrievalAnalyzer(Analyzer):
         # every test encoded and its needle located before any forward
         longest = max(encode_test(lm, it, chat, system)[0].n_tokens for it in items)
         check_room(lm, longest, max_new_tokens, self.name)
+        if batch_size == "auto":
+            batch_size = min(BATCH, auto_batch_size(lm, longest + max_new_tokens))
 
         n_layers, n_heads = lm.info.n_layers, lm.info.n_heads
         passed_scores: list[torch.Tensor] = []  # (layers, heads) per passed test
@@ -240,17 +248,18 @@ class RetrievalAnalyzer(Analyzer):
         by_length: dict[str, Counter] = defaultdict(Counter)
         by_depth: dict[str, Counter] = defaultdict(Counter)
         unlocated = 0
+        runs = run_niah_tests(
+            lm,
+            items,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            chat=chat,
+            system=system,
+            stop_at_newline=stop_at_newline,
+            stop_tokens=stop_tokens,
+        )
         with Scan(items, "retrieval", progress) as scan:
-            for i, item in enumerate(scan):
-                run = run_niah_test(
-                    lm,
-                    item,
-                    max_new_tokens=max_new_tokens,
-                    chat=chat,
-                    system=system,
-                    stop_at_newline=stop_at_newline,
-                    stop_tokens=stop_tokens,
-                )
+            for (i, item), run in zip(enumerate(scan), runs, strict=False):
                 s = LOCATORS[locate](lm, run, item, span)
                 assert run.argmax is not None
                 if s is None:  # the reference's search found no span: every head scores 0

@@ -1,0 +1,59 @@
+"""Needle tests decoded in left-padded batches equal the same tests decoded one at a time:
+the same emitted tokens and response, and every head's argmax key at every step (the
+retrieval rule's input) identical, for tests of different lengths in one batch and rows that
+stop at different steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.analyzers.niah import make_niah_tasks
+from workbench.analyzers.niah_runs import consecutive_batches, run_niah_test, run_niah_tests
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def items(lm):
+    # 200- and 240-token tests interleaved: one batch holds prompts of different lengths
+    tests = make_niah_tasks(lm, lengths=(200, 240), depths=(0.2, 0.8), n_needles=2, seed=3)
+    return sorted(tests, key=lambda t: (t["depth"], t["context_length"]))
+
+
+@pytest.mark.parametrize("stop_tokens", ["newline_or_eos", "newline_token"])
+def test_batched_runs_equal_one_test_runs(lm, items, stop_tokens):
+    lengths = [lm.encode(it["prompt"], chat=True).n_tokens for it in items]
+    assert len(set(lengths)) > 1  # padding is really exercised
+    batched = list(
+        run_niah_tests(lm, items, batch_size=4, max_new_tokens=24, stop_tokens=stop_tokens)
+    )
+    assert len(batched) == len(items)
+    ends = set()
+    for item, got in zip(items, batched, strict=True):
+        want = run_niah_test(lm, item, max_new_tokens=24, stop_tokens=stop_tokens)
+        assert got.response == want.response
+        assert torch.equal(got.emitted, want.emitted)
+        assert got.argmax.shape == want.argmax.shape
+        assert torch.equal(got.argmax, want.argmax), (got.argmax != want.argmax).sum()
+        assert (got.needle_span, got.answer_span) == (want.needle_span, want.answer_span)
+        ends.add(want.emitted.numel())
+    assert len(ends) > 1 or stop_tokens == "newline_token"  # rows stopped at different steps
+
+
+def test_consecutive_batches_keep_order_size_and_spread():
+    assert consecutive_batches([100, 110, 120, 300, 310, 90], 2) == [[0, 1], [2], [3, 4], [5]]
+    assert consecutive_batches([100, 124, 126], 8) == [[0, 1], [2]]  # 126 > 1.25 * 100
+    assert consecutive_batches([5, 5, 5], 1) == [[0], [1], [2]]
+
+
+def test_retrieval_scores_equal_at_any_batch_size(lm, items):
+    from workbench.analyzers import analyze
+
+    tests = items[:4]
+    one = analyze("retrieval", lm, tests, progress=False, causal=False, batch_size=1)
+    four = analyze("retrieval", lm, tests, progress=False, causal=False, batch_size=4)
+    cols = ["score", "score_all_tests", "retrieval_hits"]
+    assert one[cols].equals(four[cols])
+    assert one.attrs["tests"] == four.attrs["tests"]
+    assert one["score_all_tests"].max() > 0  # some head copies: the comparison is not vacuous
