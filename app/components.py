@@ -36,9 +36,16 @@ def label(text: str, extra: str = "") -> html.Span:
     return html.Span(text, className=f"label {extra}".strip())
 
 
+#: Width of a number box: Dash 4 puts two 32-px stepper buttons inside it, so the 112 px of
+#: the stylesheet left 46 px of text and cut a 4-digit value ("1686" showed "168"); this leaves
+#: 72 px, room for 6 digits.
+NUMBER_WIDTH = "136px"
+
+
 def number(id_: str, value: Any = None, **kwargs: Any) -> dcc.Input:
-    """A small number box."""
-    return dcc.Input(id=id_, type="number", value=value, className="num", **kwargs)
+    """A small number box, wide enough for 6 digits."""
+    style = {"width": NUMBER_WIDTH, **kwargs.pop("style", {})}
+    return dcc.Input(id=id_, type="number", value=value, className="num", style=style, **kwargs)
 
 
 def text_input(id_: str, placeholder: str, **kwargs: Any) -> dcc.Input:

@@ -82,6 +82,55 @@ def iv_options(mode: str) -> str:
     return f"iv-opt-{mode}"
 
 
+# -- one-prompt views: head contributions, logit lens, patching -------------------------------
+CONTRIB_RESULT, LENS_RESULT, PATCH_RESULT = "contrib-result", "lens-result", "patch-result"
+CONTRIB_BUSY, LENS_BUSY, PATCH_BUSY = "contrib-busy", "lens-busy", "patch-busy"
+CONTRIB_TARGET, CONTRIB_FOIL, CONTRIB_RUN, CONTRIB_CANCEL = (
+    "contrib-target",
+    "contrib-foil",
+    "contrib-run",
+    "contrib-cancel",
+)
+CONTRIB_STATUS, CONTRIB_ERROR, CONTRIB_SUMMARY = (
+    "contrib-status",
+    "contrib-error",
+    "contrib-summary",
+)
+CONTRIB_GRAPH, CONTRIB_POS_GRAPH, CONTRIB_TOP = "contrib-graph", "contrib-pos-graph", "contrib-top"
+CONTRIB_OPEN = "contrib-open"  # pattern-matching id {"type": "contrib-open", "index": "L23H3"}
+LENS_TARGET, LENS_LAST, LENS_SHOW, LENS_RUN, LENS_CANCEL = (
+    "lens-target",
+    "lens-last",
+    "lens-show",
+    "lens-run",
+    "lens-cancel",
+)
+LENS_STATUS, LENS_ERROR, LENS_SUMMARY, LENS_GRAPH = (
+    "lens-status",
+    "lens-error",
+    "lens-summary",
+    "lens-graph",
+)
+PATCH_CORRUPT, PATCH_TOKENS, PATCH_METRIC = "patch-corrupt", "patch-tokens", "patch-metric"
+PATCH_ANSWER, PATCH_FOIL, PATCH_RUN, PATCH_CANCEL = (
+    "patch-answer",
+    "patch-foil",
+    "patch-run",
+    "patch-cancel",
+)
+PATCH_STATUS, PATCH_ERROR, PATCH_SUMMARY, PATCH_GRAPH = (
+    "patch-status",
+    "patch-error",
+    "patch-summary",
+    "patch-graph",
+)
+
+
+def open_head(hid: str) -> dict[str, str]:
+    """Id of a "open this head in the explorer" link of the contributions view."""
+    return {"type": CONTRIB_OPEN, "index": hid}
+
+
 # -- export -----------------------------------------------------------------------------------
 EX_FIG, EX_FIG_FORMAT, EX_FIG_BTN = "ex-fig", "ex-fig-format", "ex-fig-btn"
 EX_FIG_WIDTH = "ex-fig-width"
@@ -95,4 +144,8 @@ FIGURES = {
     SCORE_GRAPH: "Head score grid (atlas)",
     CAUSAL_GRAPH: "Causal check (atlas)",
     KL_GRAPH: "Per-token KL and target changes (intervene)",
+    CONTRIB_GRAPH: "Head contributions to the output token (DLA grid)",
+    CONTRIB_POS_GRAPH: "Head contributions by source position",
+    LENS_GRAPH: "Logit lens (layers x positions)",
+    PATCH_GRAPH: "Activation patching per head (clean -> corrupted)",
 }

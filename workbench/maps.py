@@ -4,7 +4,8 @@ The statistics probe (:mod:`probes.statistics`) returns, per head, block-pooled 
 (the mean over each ``block x block`` tile's cells) and per-key sink scores (the mean attention
 a key receives from the queries that can see it). The functions here turn those into what a
 reader looks at: attention *mass* per block (rows sum to 1), coarser mosaics, which cells a
-causal query can see, and which keys are sinks. Used by the app's explorer and by notebooks.
+causal query can see, and which keys are sinks (by the sinks analyzer's own rule,
+:func:`~workbench.analyzers.sinks.sink_rules`). Used by the app's explorer and by notebooks.
 """
 
 from __future__ import annotations
@@ -12,17 +13,33 @@ from __future__ import annotations
 import numpy as np
 
 from probes.checks import ArgumentError, integer
-from workbench.analyzers.sinks import FIRST_TOKEN_THRESHOLD, HIDDEN_SINK_THRESHOLD
+from workbench.analyzers.sinks import (
+    FIRST_TOKEN_SINK,
+    FIRST_TOKEN_THRESHOLD,
+    HIDDEN_SINK,
+    HIDDEN_SINK_THRESHOLD,
+    MIN_QUERIES,
+    NO_SINK,
+    NOT_JUDGED,
+    sink_rules,
+)
 
 __all__ = [
+    "FIRST_TOKEN_SINK",
     "FIRST_TOKEN_THRESHOLD",
+    "HIDDEN_SINK",
     "HIDDEN_SINK_THRESHOLD",
+    "MIN_QUERIES",
+    "NOT_JUDGED",
+    "NO_SINK",
     "block_max",
+    "block_sink_rules",
     "block_visibility",
     "causal_visibility",
     "pooled_to_mass",
     "regroup_mass",
     "sink_mask",
+    "sink_rules",
 ]
 
 
@@ -114,16 +131,39 @@ def block_max(values: np.ndarray, block: int, n_blocks: int) -> np.ndarray:
     return np.pad(values, (0, pad)).reshape(n_blocks, block).max(-1)
 
 
-def sink_mask(sink: np.ndarray, offset: int = 0) -> np.ndarray:
-    """``(L,)`` bool: keys whose sink score exceeds the sink threshold of their position.
+def sink_mask(
+    sink: np.ndarray,
+    offset: int = 0,
+    *,
+    n_tokens: int | None = None,
+    min_queries: int = 1,
+) -> np.ndarray:
+    """``(L,)`` bool: the keys :func:`~workbench.analyzers.sinks.sink_rules` marks as sinks
+    (the sinks analyzer's own rule, one implementation).
 
     Position 0 uses Gu et al.'s first-token threshold (0.3, "When Attention Sink Emerges in
     Language Models", 2024); later positions ACT's hidden-sink threshold (0.1, Yu et al. 2024,
     "Unveiling and Harnessing Hidden Attention Sinks"). ``offset`` is the position of
-    ``sink[0]``.
+    ``sink[0]``, ``n_tokens`` the prompt's length (default ``offset + L``); a key seen by fewer
+    than ``min_queries`` queries is never marked (1: ACT's rule; the explorer uses
+    :data:`MIN_QUERIES`).
     """
-    offset = integer("offset", offset, minimum=0)
-    sink = np.asarray(sink, dtype=np.float64)
-    positions = np.arange(len(sink)) + offset
-    thresholds = np.where(positions == 0, FIRST_TOKEN_THRESHOLD, HIDDEN_SINK_THRESHOLD)
-    return sink > thresholds
+    return sink_rules(sink, offset=offset, n_tokens=n_tokens, min_queries=min_queries) > 0
+
+
+def block_sink_rules(rules: np.ndarray, block: int, n_blocks: int) -> np.ndarray:
+    """``(n_blocks,)`` int8: one :func:`~workbench.analyzers.sinks.sink_rules` code per block of
+    ``block`` keys (``rules`` is ``(L,)``): a first-token sink if the block holds one, else a
+    hidden sink if it holds one, else no sink if any of its keys was judged, else not judged."""
+    n_blocks = integer("n_blocks", n_blocks, minimum=1)
+    block = integer("block", block, minimum=1)
+    rules = np.asarray(rules)
+    pad = n_blocks * block - len(rules)
+    if pad < 0:
+        raise ArgumentError(
+            f"{len(rules)} keys do not fit in n_blocks={n_blocks} blocks of {block}"
+        )
+    tiles = np.pad(rules, (0, pad), constant_values=NOT_JUDGED).reshape(n_blocks, block)
+    out = np.where((tiles == NO_SINK).any(-1), NO_SINK, NOT_JUDGED)
+    out = np.where((tiles == HIDDEN_SINK).any(-1), HIDDEN_SINK, out)
+    return np.where((tiles == FIRST_TOKEN_SINK).any(-1), FIRST_TOKEN_SINK, out).astype(np.int8)

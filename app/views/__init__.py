@@ -4,7 +4,7 @@ above the tabs and :mod:`.compare` is the result part of the Intervene view."""
 
 from __future__ import annotations
 
-from app.views import atlas, explorer, export, intervene
+from app.views import atlas, contributions, explorer, export, intervene, lens, patching
 
 #: The tabbed views, in order (the first is shown on load).
-TABS = (explorer, atlas, intervene, export)
+TABS = (explorer, atlas, intervene, contributions, lens, patching, export)

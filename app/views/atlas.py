@@ -2,16 +2,16 @@
 default), see the score grid, the table with each score's interval, the ranking's split-half
 stability, the analyzer's counts, and its causal check with its verdict (:mod:`.evidence`, on
 the shared causal chart of :mod:`workbench.charts`). Clicking a head opens it in the explorer
-(:mod:`.explorer.grid`)."""
+(:mod:`.explorer.grid`). The form is built from the picked analyzer's signature
+(:mod:`.analyzer_form`)."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from dash import Input, Output, Patch, State, dash_table, dcc, html, no_update
+from dash import ALL, Input, Output, Patch, State, dash_table, dcc, html, no_update
 from dash.dash_table.Format import Format, Scheme
 from plotly.colors import get_colorscale
 
@@ -30,7 +30,10 @@ from app.components import (
     tab,
     text_input,
 )
-from app.context import AppContext, JobControls, as_int, message_of, watchdog
+from app.context import AppContext, JobControls, message_of, watchdog
+from app.views import agreement
+from app.views import analyzer_form as form
+from app.views.analyzer_form import analyzer_params, form_values
 from app.views.evidence import CAUSAL_HEIGHT, causal_view, evidence_view
 from workbench.errors import WorkbenchError
 
@@ -73,6 +76,41 @@ QUICK_HELP = (
 INTERVAL_COLUMNS = ("score_lo", "score_hi")
 
 
+def fixed_fields(name: str, lm: Any, quick: bool = True) -> list[Any]:
+    """The four fields with fixed ids (:data:`app.views.analyzer_form.FIXED`), each in a span
+    the form hides when the analyzer lacks the parameter; values for analyzer ``name``."""
+    state = form.fixed_state(name, quick, lm)
+    fields = {f.name: f for f in form.form_fields(name, lm)}
+
+    def wrap(param: str, *children: Any, title: str | None = None) -> html.Span:
+        show = {"display": "inline-flex" if param in state else "none"}
+        hint = form.range_hint(fields[param]) if param in fields else ""
+        return html.Span(
+            [*children, muted(hint) if hint and param != "quick" else None],
+            id=form.wrap_id(param),
+            className="inline-group field",
+            style=show,
+            title=title or f"{param}: {hint}",
+        )
+
+    def check(id_: str, text: str, value: str, on: bool) -> dcc.Checklist:
+        options = [{"label": f" {text}", "value": value}]
+        return dcc.Checklist(
+            id=id_, options=options, value=[value] if on else [], inline=True, className="check"
+        )
+
+    return [
+        wrap("n_prompts", muted("prompts"), number(ids.AN_NPROMPTS, state.get("n_prompts"))),
+        wrap(
+            "quick",
+            check(ids.AN_QUICK, "quick (small tasks, weak evidence)", "quick", quick),
+            title=QUICK_HELP,
+        ),
+        wrap("causal", check(ids.AN_CAUSAL, "causal check", "causal", state.get("causal", False))),
+        wrap("top_k", muted("top-k"), number(ids.AN_TOPK, state.get("top_k", 5))),
+    ]
+
+
 def layout(wb: AppContext) -> dcc.Tab:
     names = [n for n, _ in wb.analyzers]
     default = "sinks" if "sinks" in names else names[0]
@@ -98,32 +136,14 @@ def layout(wb: AppContext) -> dcc.Tab:
                 clearable=False,
                 className="dropdown",
             ),
-            muted("prompts"),
-            number(ids.AN_NPROMPTS, None, min=1, step=1, placeholder="default"),
-            html.Span(
-                dcc.Checklist(
-                    id=ids.AN_QUICK,
-                    options=[{"label": " quick (small tasks, weak evidence)", "value": "quick"}],
-                    value=["quick"],
-                    inline=True,
-                    className="check",
-                ),
-                title=QUICK_HELP,
-            ),
-            dcc.Checklist(
-                id=ids.AN_CAUSAL,
-                options=[{"label": " causal check", "value": "causal"}],
-                value=["causal"],
-                inline=True,
-                className="check",
-            ),
-            muted("top-k"),
-            number(ids.AN_TOPK, 5, min=1, step=1),
+            *fixed_fields(default, wb.lm),
         ),
         html.Div(id=ids.AN_SUMMARY, className="help"),
+        html.Div(id=form.FORM, children=form.form_children(default, True, wb.lm)),
+        alert(form.FORM_CHECK),
         controls(
             muted("more parameters"),
-            text_input(ids.AN_PARAMS, 'JSON, e.g. {"prompt_tokens": 32, "draws": 2}'),
+            text_input(ids.AN_PARAMS, 'JSON, overrides the fields, e.g. {"draws": 2}'),
             button("Run analyzer", ids.AN_RUN, "primary"),
             cancel_button(ids.AN_CANCEL),
         ),
@@ -178,63 +198,8 @@ def layout(wb: AppContext) -> dcc.Tab:
             style_header={"fontWeight": "600", "backgroundColor": "#f5f7fa"},
             style_cell_conditional=[{"if": {"column_id": "head_id"}, "textAlign": "left"}],
         ),
+        agreement.layout(wb),
     )
-
-
-def parse_params(text: str | None) -> dict[str, Any]:
-    """The "more parameters" box as a dict (empty box: no parameters)."""
-    if not text or not text.strip():
-        return {}
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkbenchError(
-            f'more parameters must be JSON, e.g. {{"prompt_tokens": 32}} ({exc.msg})'
-        ) from None
-    if not isinstance(params, dict):
-        raise WorkbenchError('more parameters must be a JSON object, e.g. {"draws": 2}')
-    return params
-
-
-def form_values(n_prompts: Any, causal: Any, top_k: Any, quick: Any) -> dict[str, Any]:
-    """The atlas form's own fields as analyzer parameters: ``causal``, ``top_k``, ``quick``
-    (the checklists' values: a non-empty list is on), and ``n_prompts`` only when its box is
-    filled (empty: the analyzer's default size, or its quick size).
-
-    Raises:
-        WorkbenchError: a box that is not a whole number >= 1, naming the box.
-    """
-    form = {"causal": bool(causal), "top_k": as_int(top_k, "top-k", 1), "quick": bool(quick)}
-    if n_prompts not in (None, ""):
-        form["n_prompts"] = as_int(n_prompts, "prompts", 1)
-    return form
-
-
-def analyzer_params(name: str, form: dict[str, Any], text: str | None, lm: Any) -> dict[str, Any]:
-    """The parameters of an analyzer run from the form: the form's own fields the analyzer
-    takes (:func:`form_values`; a filled prompts box for an analyzer without ``n_prompts`` is
-    refused, not ignored), then the "more parameters" box, checked by the analyzer's own
-    check (the one the Python API runs: unknown names, types, ranges on ``lm``) before the
-    job starts.
-
-    Raises:
-        WorkbenchError: a bad box, naming the parameter and what is allowed.
-    """
-    from workbench.analyzers import AnalyzerArgumentError, get_analyzer
-
-    box = parse_params(text)
-    if "progress" in box:
-        raise WorkbenchError("more parameters: progress is set by the app; remove it")
-    analyzer = get_analyzer(name)
-    if "n_prompts" in form and "n_prompts" not in analyzer.parameters():
-        sizes = [p for p in analyzer.parameters() if p.startswith("n_")]
-        raise AnalyzerArgumentError(
-            f"prompts: {name} takes no number of prompts, got {form['n_prompts']}; leave the "
-            "box empty" + (f" and set {' or '.join(sizes)} in more parameters" if sizes else "")
-        )
-    params = {**analyzer.select(form), **box}
-    analyzer.check_params(lm, params)
-    return params
 
 
 def table_columns(result: dict[str, Any], df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -294,6 +259,8 @@ def attrs_view(result: dict[str, Any]) -> Any:
 
 def register(app: dash.Dash, wb: AppContext) -> None:
     """The analyzer summary line, the analyzer job, and drawing its result."""
+    form.register(app, wb)
+    agreement.register(app, wb)
     summaries = dict(wb.analyzers)
     n_layers, n_heads = wb.info.n_layers, wb.info.n_heads
 
@@ -311,6 +278,8 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         State(ids.AN_TOPK, "value"),
         State(ids.AN_QUICK, "value"),
         State(ids.AN_PARAMS, "value"),
+        State({"type": form.FIELD, "name": ALL}, "value"),
+        State({"type": form.FIELD, "name": ALL}, "id"),
         State(ids.ATLAS_RESULTS, "data"),
         State(ids.SESSION, "data"),
         **ANALYZER_JOB.background(
@@ -322,14 +291,17 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         ),
     )
     def analyzer_job(
-        set_progress, n, name, n_prompts, causal, top_k, quick, params_text, results, sid
-    ):
+        set_progress, n, name, n_prompts, causal, top_k, quick, params_text, values, field_ids,
+        results, sid,
+    ):  # fmt: skip
         try:
             jobs.setup_worker(wb.job_threads)
             if not name:
                 raise WorkbenchError("pick an analyzer")
-            form = form_values(n_prompts, causal, top_k, quick)
-            params = analyzer_params(name, form, params_text, wb.lm)
+            raw = {i["name"]: v for i, v in zip(field_ids, values, strict=False)}
+            fields = form.fields_params(name, raw, wb.lm)
+            fixed = form_values(n_prompts, causal, top_k, quick)
+            params = analyzer_params(name, fixed, params_text, wb.lm, fields)
             set_progress(("0", "1", f"Starting {name}…"))
 
             def report(desc: str, i: int, total: int) -> None:

@@ -50,6 +50,7 @@ SMALL: dict[str, tuple] = {
     "attribution": ([dict(x) for x in DEFAULT_TASK[:4]], {}, "abs"),
     "safety": ("harmful", {"layers": [29], "sahara": False, "max_new_tokens": 2}, "same"),
     "contextual": ("mdqa", {"answer": "gold", "focus": False, "max_new_tokens": 4}, "same"),
+    "qr_retrieval": ("mdqa", {}, "same"),
     "retrieval": ("niah", {"max_new_tokens": 12}, "same"),
 }
 

@@ -10,12 +10,18 @@ allowed. ``lm`` may be None (a command line checked before the model loads): the
 need the model (layer and head ranges, the context length) then check types only.
 
 All validation goes through :mod:`probes.checks`; nothing here re-implements a validator.
+
+Each check built here also carries a :class:`Spec` (``check.spec``): what it accepts, in a form
+a user interface can read (the app's analyzer form builds its typed fields from it). The spec
+is made by the same factory call as the check, so the two cannot disagree; :func:`spec_of`
+gives ``Spec("json")`` for a check written elsewhere without one.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +52,43 @@ def _bound(bound: Bound, lm: LoadedModel | None) -> int | None:
     return bound
 
 
+@dataclass(frozen=True)
+class Spec:
+    """What a check accepts, machine-readable (for building a form field).
+
+    ``kind``: ``"integer"`` / ``"number"`` (``minimum``, ``maximum`` inclusive, ``above``,
+    ``below`` exclusive; a bound may be a function of the model), ``"flag"``, ``"choice"``
+    (``choices``), ``"text"``, ``"list"`` (of ``items``: ``"integer"``, ``"number"``,
+    ``"text"``, ``"head"``, ``"layer"``), ``"file"``, ``"file_or_list"``, ``"auto_or_integer"``
+    (``"auto"`` or an integer >= ``minimum``), ``"callback"`` (a Python callable, set by the
+    caller), ``"frames"`` (DataFrames: Python API only) or ``"json"`` (anything else, as JSON).
+    ``optional``: ``None`` is allowed (an empty field)."""
+
+    kind: str
+    minimum: float | Bound = None
+    maximum: float | Bound = None
+    above: float | None = None
+    below: float | None = None
+    choices: tuple[str, ...] = ()
+    items: str | None = None
+    optional: bool = False
+
+    def bounds(self, lm: LoadedModel | None) -> tuple[float | None, float | None]:
+        """``(minimum, maximum)`` resolved on ``lm`` (a model's bound: None without one)."""
+        return _bound(self.minimum, lm), _bound(self.maximum, lm)  # type: ignore[arg-type]
+
+
+def described(check: Check, spec: Spec) -> Check:
+    """``check`` carrying ``spec`` (``check.spec``)."""
+    check.spec = spec  # type: ignore[attr-defined]
+    return check
+
+
+def spec_of(check: Check) -> Spec:
+    """The :class:`Spec` a check carries (``Spec("json")`` for one without)."""
+    return getattr(check, "spec", None) or Spec("json")
+
+
 def _allow_none(check: Check, optional: bool) -> Check:
     if not optional:
         return check
@@ -53,7 +96,8 @@ def _allow_none(check: Check, optional: bool) -> Check:
     def maybe(name: str, value: Any, lm: LoadedModel | None) -> Any:
         return None if value is None else check(name, value, lm)
 
-    return maybe
+    spec = getattr(check, "spec", None)
+    return maybe if spec is None else described(maybe, replace(spec, optional=True))
 
 
 def _items(name: str, value: Any, what: str) -> list[Any]:
@@ -74,7 +118,7 @@ def count(minimum: int = 1, maximum: Bound = None, *, optional: bool = False) ->
     def check(name: str, value: Any, lm: LoadedModel | None) -> int:
         return integer(name, value, minimum=minimum, maximum=_bound(maximum, lm))
 
-    return _allow_none(check, optional)
+    return _allow_none(described(check, Spec("integer", minimum, maximum)), optional)
 
 
 def real(
@@ -90,17 +134,19 @@ def real(
     def check(name: str, value: Any, lm: LoadedModel | None) -> float:
         return number(name, value, minimum=minimum, maximum=maximum, above=above, below=below)
 
-    return _allow_none(check, optional)
+    spec = Spec("number", minimum, maximum, above, below)
+    return _allow_none(described(check, spec), optional)
 
 
 def flag() -> Check:
     """``True`` or ``False`` (``"no"``, ``0`` and ``None`` are refused)."""
-    return lambda name, value, lm: boolean(name, value)
+    return described(lambda name, value, lm: boolean(name, value), Spec("flag"))
 
 
 def one_of(*options: str) -> Check:
     """One of the strings ``options``."""
-    return lambda name, value, lm: choice(name, value, options)
+    check: Check = lambda name, value, lm: choice(name, value, options)  # noqa: E731
+    return described(check, Spec("choice", choices=options))
 
 
 def words(*, optional: bool = True, allow_empty: bool = True) -> Check:
@@ -109,7 +155,7 @@ def words(*, optional: bool = True, allow_empty: bool = True) -> Check:
     def check(name: str, value: Any, lm: LoadedModel | None) -> str:
         return text(name, value, allow_empty=allow_empty)
 
-    return _allow_none(check, optional)
+    return _allow_none(described(check, Spec("text")), optional)
 
 
 def word_list(*, optional: bool = True) -> Check:
@@ -121,7 +167,7 @@ def word_list(*, optional: bool = True) -> Check:
             raise ArgumentError(f"{name} is empty; give at least one string")
         return [text(f"{name}[{i}]", v) for i, v in enumerate(values)]
 
-    return _allow_none(check, optional)
+    return _allow_none(described(check, Spec("list", items="text")), optional)
 
 
 def layer_list(*, optional: bool = True) -> Check:
@@ -141,7 +187,7 @@ def layer_list(*, optional: bool = True) -> Check:
                 )
         return index_list(name, values, size=n_layers, what="layer")
 
-    return _allow_none(check, optional)
+    return _allow_none(described(check, Spec("list", items="layer")), optional)
 
 
 def head_list(*, optional: bool = True) -> Check:
@@ -153,7 +199,7 @@ def head_list(*, optional: bool = True) -> Check:
 
         return head_pairs(None if lm is None else lm.layout, value, name=name)
 
-    return _allow_none(check, optional)
+    return _allow_none(described(check, Spec("list", items="head")), optional)
 
 
 def fraction_list() -> Check:
@@ -165,7 +211,7 @@ def fraction_list() -> Check:
             raise ArgumentError(f"{name} is empty; give at least one number in [0, 1]")
         return [number(f"{name}[{i}]", v, minimum=0, maximum=1) for i, v in enumerate(values)]
 
-    return check
+    return described(check, Spec("list", 0, 1, items="number"))
 
 
 def length_list() -> Check:
@@ -178,7 +224,7 @@ def length_list() -> Check:
         top = None if lm is None else lm.info.max_context
         return [integer(f"{name}[{i}]", v, minimum=1, maximum=top) for i, v in enumerate(values)]
 
-    return check
+    return described(check, Spec("list", 1, context, items="integer"))
 
 
 def file_or_items(what: str) -> Check:
@@ -199,7 +245,7 @@ def file_or_items(what: str) -> Check:
             )
         return list(value)
 
-    return check
+    return described(check, Spec("file_or_list", items=what, optional=True))
 
 
 def existing_file(name: str, value: str | Path) -> str | Path:
@@ -222,7 +268,7 @@ def text_file(*, optional: bool = True) -> Check:
             raise ArgumentError(f"{name} must be a file path, got {describe(value)}")
         return Path(existing_file(name, value))
 
-    return _allow_none(check, optional)
+    return _allow_none(described(check, Spec("file")), optional)
 
 
 def output_file(*, optional: bool = True) -> Check:
@@ -242,7 +288,7 @@ def output_file(*, optional: bool = True) -> Check:
             raise ArgumentError(f"{name}: {str(value)!r} is not writable")
         return str(value)
 
-    return _allow_none(check, optional)
+    return _allow_none(described(check, Spec("file")), optional)
 
 
 def progress_check(name: str, value: Any, lm: LoadedModel | None) -> Any:
@@ -304,6 +350,11 @@ def batch_size_check(name: str, value: Any, lm: LoadedModel | None) -> int | str
     return check_batch_size(value)
 
 
+described(progress_check, Spec("callback"))
+described(frames_check, Spec("frames", optional=True))
+described(metric_check, Spec("choice", choices=("logit_diff",)))  # or a callable: Python API
+described(batch_size_check, Spec("auto_or_integer", minimum=1))
+
 #: Checks of the parameters many analyzers share (an analyzer's own ``checks`` override them).
 COMMON: dict[str, Check] = {
     "progress": progress_check,
@@ -326,8 +377,10 @@ COMMON: dict[str, Check] = {
 __all__ = [
     "COMMON",
     "Check",
+    "Spec",
     "batch_size_check",
     "count",
+    "described",
     "file_or_items",
     "flag",
     "fraction_list",
@@ -340,6 +393,7 @@ __all__ = [
     "output_file",
     "progress_check",
     "real",
+    "spec_of",
     "text_file",
     "word_list",
     "words",

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from probes.checks import integer, number
 from workbench.analyzers.base import (
     Analyzer,
     Progress,
@@ -26,17 +27,80 @@ from workbench.analyzers.metrics import next_token_losses
 from workbench.analyzers.params import Check, count, one_of, real
 from workbench.analyzers.prompts import as_items, bundled_text
 from workbench.batching import statistics_over
+from workbench.gate_means import recording_gate_means
 from workbench.lm import LoadedModel
 from workbench.model_parts import sink_logits
 
 FIRST_TOKEN_THRESHOLD = 0.3  # Gu et al.'s epsilon for the Sink metric
 HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold for non-initial sinks
+#: The fewest queries that must see a key before :func:`sink_rules` judges it, for reading one
+#: prompt (the explorer): 2 / HIDDEN_SINK_THRESHOLD, so that no two queries alone (each gives a
+#: key at most weight 1) can lift a key's mean over the hidden-sink threshold. Measured on the
+#: embedded model (64 and 200 corpus tokens): with ACT's rule (1) every previous-token head has
+#: 8 of its last 20 keys marked; with 20, none.
+MIN_QUERIES = 20
+#: The codes of :func:`sink_rules`: which rule marks a key.
+NOT_JUDGED, NO_SINK, FIRST_TOKEN_SINK, HIDDEN_SINK = -1, 0, 1, 2
 #: Default task sizes, chosen by measurement (workbench.analyzers.stability_sizes): the
 #: split-half Spearman of the ranking and the causal check's resolution at these sizes are in
 #: the module docstring of stability_sizes; quick mode keeps the earlier small task.
 N_PROMPTS = 16
 CAUSAL_PROMPTS = 8
 QUICK = {"n_prompts": 16, "causal_prompts": 4, "draws": 3}
+
+
+def sink_rules(
+    sink: Any,
+    *,
+    offset: int = 0,
+    n_tokens: int | None = None,
+    first_threshold: float = FIRST_TOKEN_THRESHOLD,
+    hidden_threshold: float = HIDDEN_SINK_THRESHOLD,
+    min_queries: int = 1,
+) -> np.ndarray:
+    """Which rule marks each key as a sink, from its sink score.
+
+    A key j's sink score is ``sum_i A[i, j] / (T - j)``, the mean attention it receives from
+    the ``T - j`` queries that can see it. Key 0 is a first-token sink when its score exceeds
+    ``first_threshold`` (Gu et al. 2024, "When Attention Sink Emerges in Language Models");
+    a later key is a hidden sink when its score exceeds ``hidden_threshold`` (Yu et al. 2024,
+    "Unveiling and Harnessing Hidden Attention Sinks", ACT).
+
+    Where ours differs from ACT's code (``models/llama_modelling_aug.py``:
+    ``nonzero(sum(A, 0) / arange(L, 0, -1) > THRES)`` then ``indices[1:]``): a key seen by
+    fewer than ``min_queries`` queries is not judged (code :data:`NOT_JUDGED`), because its
+    score averages over a handful of weights (the last key's score is one query's weight), so
+    a previous-token head would otherwise mark its last ~10 keys. ``min_queries=1`` is ACT's
+    rule. ACT's ``indices[1:]`` drops the first key that passes, which is key 0 whenever key 0
+    passes (on the models it studies, always); we drop key 0 by position.
+
+    Args:
+        sink: ``(..., K)`` sink scores of the keys ``offset .. offset + K - 1``.
+        offset: position of the first key of ``sink``.
+        n_tokens: tokens of the prompt ``T`` (default ``offset + K``); key j is seen by
+            ``T - j`` queries.
+        first_threshold, hidden_threshold: the two thresholds, in [0, 1].
+        min_queries: the fewest queries that must see a key for it to be judged (>= 1).
+
+    Returns:
+        ``(..., K)`` int8: :data:`FIRST_TOKEN_SINK`, :data:`HIDDEN_SINK`, :data:`NO_SINK` or
+        :data:`NOT_JUDGED`.
+    """
+    sink = np.asarray(sink, dtype=np.float64)
+    offset = integer("offset", offset, minimum=0)
+    n_keys = sink.shape[-1] if sink.ndim else 0
+    if n_tokens is None:
+        n_tokens = offset + n_keys
+    n_tokens = integer("n_tokens", n_tokens, minimum=offset + n_keys)
+    first_threshold = number("first_threshold", first_threshold, minimum=0, maximum=1)
+    hidden_threshold = number("hidden_threshold", hidden_threshold, minimum=0, maximum=1)
+    min_queries = integer("min_queries", min_queries, minimum=1)
+    positions = offset + np.arange(n_keys)
+    seen_by = n_tokens - positions
+    first = positions == 0
+    above = sink > np.where(first, first_threshold, hidden_threshold)
+    codes = np.where(above, np.where(first, FIRST_TOKEN_SINK, HIDDEN_SINK), NO_SINK)
+    return np.where(seen_by >= min_queries, codes, NOT_JUDGED).astype(np.int8)
 
 
 SinkRule = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, float]]
@@ -89,15 +153,24 @@ class SinkAnalyzer(Analyzer):
     it is one on more than half of the prompts (:data:`SINK_RULES`). ``score`` is the same
     either way.
     Hidden sinks (Yu et al. 2024, "Unveiling and Harnessing Hidden Attention Sinks", ACT): keys
-    after the first whose sink score exceeds ``hidden_threshold`` (0.1).
+    after the first whose sink score exceeds ``hidden_threshold`` (0.1), judged by
+    :func:`sink_rules` (the explorer's marks use the same function); ``min_queries``: only keys
+    seen by at least that many queries count (default 1, ACT's rule, which also counts the last
+    keys of a prompt, whose score averages over a few queries; :data:`MIN_QUERIES` leaves them
+    out).
 
     Evidence columns: ``is_sink_head``, ``sink_prompt_share`` (share of prompts whose
     first-token score exceeds ``first_threshold``), ``hidden_sinks`` (mean count per prompt),
-    ``hidden_sink_max`` (largest non-initial sink score, averaged over prompts), and on models
+    ``hidden_sink_max`` (largest non-initial sink score among the judged keys, averaged over
+    prompts), and on models
     with a learned sink logit per head (gpt-oss: OpenAI 2025, "gpt-oss-120b & gpt-oss-20b Model
     Card") ``learned_sink_mass``: the probability the learned sink takes, averaged over queries
     and prompts (0 for layers without one; ``attrs["learned_sinks"]`` says whether any exists),
-    and ``learned_sink_logit``, the learned parameter itself.
+    and ``learned_sink_logit``, the learned parameter itself. On gated-attention models (Qiu et
+    al. 2025, "Gated Attention for Large Language Models"; AFMoE) ``output_gate_mean``: the mean
+    of ``sigmoid(g)`` over positions, the head's dimensions and prompts (a gate near 0 switches
+    the head off, the gated model's way to attend to nothing); ``attrs["output_gates"]`` says
+    whether the model has gates (:mod:`workbench.gate_means`).
     ``attrs["hidden_sink_tokens"]``: the tokens most often acting as hidden sinks (token, count
     of (prompt, head) pairs). Read through the kernels' statistics: no L x L maps.
     Causal check: next-token loss of each of the first ``causal_prompts`` prompts with the
@@ -114,6 +187,7 @@ class SinkAnalyzer(Analyzer):
         "first_threshold": real(minimum=0, maximum=1),
         "hidden_threshold": real(minimum=0, maximum=1),
         "threshold_on": one_of(*SINK_RULES),
+        "min_queries": count(1),
         "causal_prompts": count(1),
     }
 
@@ -168,6 +242,7 @@ class SinkAnalyzer(Analyzer):
         first_threshold: float = FIRST_TOKEN_THRESHOLD,
         hidden_threshold: float = HIDDEN_SINK_THRESHOLD,
         threshold_on: str = "mean",
+        min_queries: int = 1,
         causal: bool = True,
         top_k: int = 5,
         draws: int = CHEAP_DRAWS,
@@ -197,15 +272,26 @@ class SinkAnalyzer(Analyzer):
             lm, encoded, batch_size=batch_size, stream=True, received=True, entropy=False,
             argmax=False, distance=False,
         )  # fmt: skip
-        with Scan(encoded, "sinks", progress) as scan:
+        with (
+            recording_gate_means(lm.model, n_heads) as gates,
+            Scan(encoded, "sinks", progress) as scan,
+        ):
             for _, (enc, rec) in zip(scan, stream, strict=False):
                 sink = torch.stack([rec[layer].stats["sink"][0] for layer in range(n_layers)])
                 sink = sink.double()  # (layers, heads, T)
                 first_items.append(sink[..., 0])
-                later = sink[..., 1:]
-                is_hidden = later > hidden_threshold
+                rules = torch.from_numpy(
+                    sink_rules(
+                        sink.numpy(),
+                        first_threshold=first_threshold,
+                        hidden_threshold=hidden_threshold,
+                        min_queries=min_queries,
+                    )[..., 1:]
+                )
+                is_hidden = rules == HIDDEN_SINK
                 hidden_count += is_hidden.sum(-1)
-                hidden_max += later.max(-1).values if later.shape[-1] else 0.0
+                judged = sink[..., 1:].masked_fill(rules == NOT_JUDGED, 0.0)
+                hidden_max += judged.max(-1).values if judged.shape[-1] else 0.0
                 per_token = is_hidden.sum((0, 1))  # (T-1,) heads where token is a hidden sink
                 for pos in torch.nonzero(per_token).flatten().tolist():
                     token_counts[enc.tokens[pos + 1]] += int(per_token[pos])
@@ -231,10 +317,12 @@ class SinkAnalyzer(Analyzer):
                 "first_threshold": first_threshold,
                 "hidden_threshold": hidden_threshold,
                 "threshold_on": threshold_on,
+                "min_queries": min_queries,
                 "causal_prompts": causal_prompts,
             },
             "sink_rate": rate,
             "learned_sinks": has_learned,
+            "output_gates": gates is not None,
             "hidden_sink_tokens": [
                 {"token": t, "count": c} for t, c in token_counts.most_common(25)
             ],
@@ -251,6 +339,8 @@ class SinkAnalyzer(Analyzer):
             logits = sink_logits(lm.model)  # the parameters behind that mass, from the table
             if logits is not None:
                 evidence["learned_sink_logit"] = torch.stack([x.detach().float() for x in logits])
+        if gates is not None:
+            evidence["output_gate_mean"] = gates.result()[:n].mean(0)
         df = head_frame(lm, score, evidence, attrs, per_item=per_item)
         if causal and not scan.interrupted:
             df.attrs["causal"] = causal_evidence(

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.analyzers import get_analyzer, top_heads
+from workbench.analyzers import Agreement, agreement, get_analyzer, top_heads
+from workbench.analyzers.agreement import NOT_FAMILIES
 from workbench.heads import parse_heads
 
 KEYS = ["model", "layer", "head", "head_id"]
@@ -211,3 +212,18 @@ def top_heads_of(df: pd.DataFrame, n: int) -> list[tuple[int, int]]:
     if causal.get("top_heads"):
         return [tuple(h) for h in parse_heads(",".join(causal["top_heads"][:n]))]
     return top_heads(df, n)
+
+
+def agreement_tables(
+    results: Mapping[str, Mapping[str, pd.DataFrame]], k: int
+) -> dict[str, Agreement]:
+    """Per model with two or more head families (analyzers but the atlas,
+    :data:`~workbench.analyzers.agreement.NOT_FAMILIES`): their :class:`Agreement` at top-``k``
+    (at most the model's head count)."""
+    out: dict[str, Agreement] = {}
+    for model, frames in results.items():
+        families = {a: df for a, df in frames.items() if a not in NOT_FAMILIES}
+        if len(families) >= 2:
+            n_heads = min(len(df) for df in families.values())
+            out[model] = agreement(families, k=min(k, n_heads))
+    return out

@@ -16,7 +16,7 @@ import pandas as pd
 from workbench.analyzers.base import QUICK_NOTE
 from workbench.figure_export import find_chromium  # also imported from here by callers
 from workbench.print_layout import SVG_BUTTON
-from workbench.report.assemble import evidence_summary
+from workbench.report.assemble import agreement_tables, evidence_summary
 from workbench.report.store import atomic_write
 from workbench.report.text import brief_line, evidence_lines
 from workbench.serialize import jsonable
@@ -200,6 +200,32 @@ def _evidence_section(results: Results) -> list[str]:
     ]
 
 
+def _agreement_section(results: Results, figures: dict[str, Any], k: int) -> list[str]:
+    """Where the families meet (:func:`workbench.analyzers.agreement`), per model with two or
+    more: the heatmaps (figure ``agreement``, ``agreement_<j>`` for the j-th further model), the
+    pair table and the heads in several top-k sets."""
+    from workbench.agreement_charts import agreement_figure
+
+    tables = agreement_tables(results, k)
+    parts = ["<h2 id='agreement'>Where the families meet</h2>"] if tables else []
+    for j, (model, found) in enumerate(tables.items()):
+        name = f"agreement_{j}" if j else "agreement"
+        figures[name] = fig = agreement_figure(found, title=f"{model}: where the families meet")
+        labels = found.labels.drop(columns=["layer", "head"])
+        parts += [
+            f"<section class='agreement' data-model='{html.escape(model)}'>",
+            f"<p>{html.escape(model)}: top-{found.k} sets (ties at the k-th score left out) and "
+            f"Spearman correlation over the heads both score (permutation p-value, "
+            f"{found.permutations} shuffles; heads are not independent samples).</p>",
+            _div(fig, f"agreement-{j}"),
+            f"<div class='wide'>{_table(found.pairs, 'tbl agreement-pairs')}</div>",
+            "<h3>Heads in several top-k sets</h3>",
+            _table(labels, "tbl agreement-labels") if len(labels) else "<p>None.</p>",
+            "</section>",
+        ]
+    return parts
+
+
 def verdict_last(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with its ``verdict`` column (a sentence) last, where the page's style lets it
     take the width it needs."""
@@ -276,6 +302,7 @@ def render_html(
     if atlas is not None:
         figures["atlas"] = _print_copy(atlas, title="Head atlas: PCA of standardised head features")
         parts += ["<h2 id='atlas'>Head atlas</h2>", _div(atlas, "atlas")]
+    parts += _agreement_section(results, figures, top_n)
     parts.append("<h2 id='causal'>Causal evidence</h2>")
     fig = causal_grid_figure(causal)
     if fig is not None:

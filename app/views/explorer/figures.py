@@ -17,10 +17,22 @@ from app.figures import (
     base_layout,
     selection_shapes,
 )
-from workbench.maps import sink_mask
+from workbench import maps
 
 SINK_COLOR = "#c62828"
+HIDDEN_COLOR = "#ef6c00"
 MUTED = "#9e9e9e"
+UNJUDGED = "#dadada"
+#: Colour and words of each :func:`workbench.maps.sink_rules` code (the legend's and the hover's).
+SINK_RULES = {
+    maps.FIRST_TOKEN_SINK: (
+        SINK_COLOR,
+        f"first-token sink (score > {maps.FIRST_TOKEN_THRESHOLD}, Gu et al.)",
+    ),
+    maps.HIDDEN_SINK: (HIDDEN_COLOR, f"hidden sink (score > {maps.HIDDEN_SINK_THRESHOLD}, ACT)"),
+    maps.NO_SINK: (MUTED, "no sink"),
+    maps.NOT_JUDGED: (UNJUDGED, f"not judged: seen by fewer than {maps.MIN_QUERIES} queries"),
+}
 
 
 def thumbnail_grid_figure(
@@ -103,9 +115,9 @@ def thumbnail_grid_figure(
     return fig
 
 
-def sink_colors(sink: np.ndarray, offset: int = 0) -> list[str]:
-    """Red for the keys :func:`workbench.maps.sink_mask` marks as sinks, grey otherwise."""
-    return [SINK_COLOR if s else MUTED for s in sink_mask(sink, offset)]
+def sink_colors(rules: np.ndarray) -> list[str]:
+    """The colour of each key's :func:`workbench.maps.sink_rules` code (:data:`SINK_RULES`)."""
+    return [SINK_RULES[int(r)][0] for r in rules]
 
 
 def head_heatmap_figure(
@@ -119,9 +131,12 @@ def head_heatmap_figure(
     weight_name: str = "weight",
     sink_name: str = "sink score",
     visible: np.ndarray | None = None,
+    sink_rules: np.ndarray | None = None,
 ) -> go.Figure:
     """Query x key heatmap of one head with token labels on both axes, a strip of the keys'
-    sink scores above it (sinks in red), and the selected query row outlined.
+    sink scores above it coloured by the rule that marks each key (``sink_rules``, codes of
+    :func:`workbench.maps.sink_rules`; :data:`SINK_RULES`), and the selected query row
+    outlined.
 
     ``visible`` (same shape as ``weights``) marks the cells a query can see; the others
     (future keys under the causal mask) are left blank, grey, so they do not read as zero."""
@@ -136,12 +151,15 @@ def head_heatmap_figure(
         vertical_spacing=0.02,
     )
     if sink is not None:
+        rules = np.full(len(sink), maps.NO_SINK) if sink_rules is None else sink_rules
         fig.add_trace(
             go.Bar(
                 x=list(key_labels),
                 y=np.round(sink, 4),
-                marker_color=sink_colors(sink),
-                hovertemplate="key %{x}<br>" + sink_name + " %{y:.3f}<extra></extra>",
+                marker_color=sink_colors(rules),
+                customdata=[SINK_RULES[int(r)][1] for r in rules],
+                hovertemplate="key %{x}<br>" + sink_name + " %{y:.3f}<br>%{customdata}"
+                "<extra></extra>",
                 showlegend=False,
             ),
             row=1,

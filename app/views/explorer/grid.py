@@ -24,6 +24,23 @@ if TYPE_CHECKING:
     import dash
 
 EMPTY_GRID = "Run a prompt to see every head's attention here."
+STALE = "explorer-stale"  # the stale mark (shown while the prompt differs from the run's)
+STALE_TEXT = "stale: the prompt changed since this was computed (run it again to update)"
+STALE_STYLE = {
+    "background": "#fff8e1",
+    "borderLeft": "4px solid #f9a825",
+    "padding": "6px 10px",
+    "margin": "8px 0",
+    "fontSize": "13px",
+}
+#: The mark, in the browser (the prompt can be long: it is not sent to the server per key):
+#: stale when the prompt text or the chat-template choice differs from the run's.
+STALE_JS = (
+    "function(prompt, chat, meta) {"
+    " if (!meta) { return ['', {display: 'none'}]; }"
+    " const same = prompt === meta.prompt && ((chat || []).length > 0) === !!meta.chat;"
+    f" return same ? ['', {{display: 'none'}}] : [{STALE_TEXT!r}, {STALE_STYLE!r}]; }}"
+)
 
 
 def layout() -> list[Any]:
@@ -49,6 +66,7 @@ def layout() -> list[Any]:
             ),
         ),
         alert(ids.EXPLORER_ERROR),
+        html.Div(id=STALE, role="status", style={"display": "none"}),
         html.H4("All heads"),
         help_text(
             "Each tile is one head's attention, block-pooled (a cell = attention mass "
@@ -105,7 +123,15 @@ OPENERS = {
 
 
 def register(app: dash.Dash, wb: AppContext) -> None:
-    """Head selection, its outline in both grids, and drawing the mosaic."""
+    """Head selection, its outline in both grids, drawing the mosaic, and the stale mark."""
+    app.clientside_callback(
+        STALE_JS,
+        Output(STALE, "children"),
+        Output(STALE, "style"),
+        Input(ids.PROMPT, "value"),
+        Input(ids.CHAT, "value"),
+        Input(ids.RUN_META, "data"),
+    )
 
     @app.callback(
         Output(ids.SEL_HEAD, "data"),

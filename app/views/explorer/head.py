@@ -40,10 +40,12 @@ def layout() -> list[Any]:
         help_text(
             "Rows are query tokens, columns key tokens; hover for the weight. The "
             "strip above shows each key's sink score (mean attention it receives "
-            f"from the queries that see it); red = sink (> {maps.FIRST_TOKEN_THRESHOLD} for the "
-            f"first token, > {maps.HIDDEN_SINK_THRESHOLD} after). Grey cells are keys the query "
-            "cannot see (causal mask). "
-            "Click a cell to make its row the query of the token view.",
+            "from the queries that see it), coloured by the sinks analyzer's rule: red = "
+            f"first-token sink (key 0 over {maps.FIRST_TOKEN_THRESHOLD}, Gu et al.), orange = "
+            f"hidden sink (a later key over {maps.HIDDEN_SINK_THRESHOLD}, ACT), grey = no sink, "
+            f"light grey = not judged (seen by fewer than {maps.MIN_QUERIES} queries, so its "
+            "score is the mean of a few weights). Grey cells are keys the query cannot see "
+            "(causal mask). Click a cell to make its row the query of the token view.",
             id=ids.HEAD_HELP,
         ),
         controls(
@@ -86,6 +88,12 @@ def _view(mode: str, meta: dict[str, Any], layer: int, head: int, **extra: Any) 
     return {"mode": mode, "run_id": meta["run_id"], "layer": layer, "head": head, **extra}
 
 
+def sink_rules(meta: dict[str, Any], sink: np.ndarray) -> np.ndarray:
+    """``(L,)`` rule codes of the prompt's keys (:func:`workbench.maps.sink_rules`), judged
+    only where at least :data:`workbench.maps.MIN_QUERIES` queries see the key."""
+    return maps.sink_rules(sink, n_tokens=meta["n_tokens"], min_queries=maps.MIN_QUERIES)
+
+
 def full_view(wb, sid, meta, layer, head, sink, contrast, qpos):
     """Heatmap of a short prompt's stored full map."""
     n = meta["n_tokens"]
@@ -103,6 +111,7 @@ def full_view(wb, sid, meta, layer, head, sink, contrast, qpos):
         contrast,
         query_row=qpos,
         visible=maps.causal_visibility(positions, positions),
+        sink_rules=sink_rules(meta, sink),
     )
     return fig, _view("full", meta, layer, head, q0=0, q1=n)
 
@@ -121,6 +130,7 @@ def window_view(window, meta, layer, head, sink, contrast, qpos):
         contrast,
         query_row=(qpos - a) if a <= qpos < b else None,
         visible=maps.causal_visibility(np.arange(a, b), np.arange(b)),
+        sink_rules=sink_rules(meta, sink)[:b],
     )
     return fig, _view("window", meta, layer, head, q0=a, q1=b)
 
@@ -142,6 +152,7 @@ def overview(wb, sid, meta, layer, head, sink, contrast):
         weight_name="mass",
         sink_name="max sink score",
         visible=maps.block_visibility(nb, block, n),
+        sink_rules=maps.block_sink_rules(sink_rules(meta, sink), block, nb),
     )
     return fig, _view("overview", meta, layer, head, block=block)
 

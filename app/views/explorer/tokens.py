@@ -13,7 +13,8 @@ from app import figures, ids
 from app.components import controls, help_text, muted
 from app.components import number as number_box
 from app.context import AppContext
-from workbench.maps import sink_mask
+from app.views.explorer.figures import HIDDEN_COLOR, SINK_RULES
+from workbench import maps
 
 if TYPE_CHECKING:
     import dash
@@ -27,8 +28,8 @@ def layout() -> list[Any]:
         html.H4(id=ids.TOKENS_TITLE, children="Token view"),
         help_text(
             "Tokens coloured by the attention they receive from the query token "
-            "(outlined). Click a token to make it the query. Underlined red: sinks of "
-            "this head."
+            "(outlined). Click a token to make it the query. Underlined: sinks of this head, "
+            "by the sinks analyzer's rule (see the key below the tokens)."
         ),
         controls(muted("query position"), number_box(ids.QUERY_IN, min=0, step=1)),
         html.Div(id=ids.TOKEN_VIEW, className="token-view"),
@@ -51,7 +52,13 @@ def legend_bar(contrast: str, title: str = "attention from the query") -> html.D
             ),
             html.Span("1", className="legend-tick"),
             html.Span(className="sink-key"),
-            html.Span("sink", className="muted"),
+            html.Span(SINK_RULES[maps.FIRST_TOKEN_SINK][1], className="muted"),
+            html.Span(className="sink-key", style={"borderBottomColor": HIDDEN_COLOR}),
+            html.Span(SINK_RULES[maps.HIDDEN_SINK][1], className="muted"),
+            html.Span(
+                f"· keys seen by fewer than {maps.MIN_QUERIES} queries are not judged",
+                className="muted",
+            ),
         ],
     )
 
@@ -67,8 +74,9 @@ def attention_row(wb: AppContext, sid: str, run: str, view: dict, pos: int) -> n
     return None
 
 
-def token_spans(tokens: list[str], row: np.ndarray, sinks: np.ndarray, pos: int, contrast: str):
-    """One clickable span per token around the query ``pos``."""
+def token_spans(tokens: list[str], row: np.ndarray, rules: np.ndarray, pos: int, contrast: str):
+    """One clickable span per token around the query ``pos``; ``rules``: each key's
+    :func:`workbench.maps.sink_rules` code (sinks are underlined, their rule in the tooltip)."""
     n = len(tokens)
     lo, hi = max(0, pos - TOKEN_VIEW_MAX), min(n, pos + TOKEN_VIEW_AFTER)
     spans: list = []
@@ -89,8 +97,11 @@ def token_spans(tokens: list[str], row: np.ndarray, sinks: np.ndarray, pos: int,
             tip = f"{i} {figures.token_text(tokens[i])}: after the query (not visible to it)"
         if i == pos:
             classes.append("query")
-        if sinks[i]:
+        if rules[i] > 0:
             classes.append("sink")
+            tip += f" · {SINK_RULES[int(rules[i])][1]}"
+            if rules[i] == maps.HIDDEN_SINK:
+                style = {**style, "textDecorationColor": HIDDEN_COLOR}
         spans.append(
             html.Span(
                 tokens[i].replace("\n", "⏎\n"),
@@ -135,5 +146,6 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             return html.Span(hint, className="muted"), title, None
         sink_all = wb.store.get(sid, run, "sink")
         sink = sink_all[view["layer"], view["head"]] if sink_all is not None else np.zeros(n)
-        spans = token_spans(tokens, row, sink_mask(sink), pos, contrast)
+        rules = maps.sink_rules(sink, n_tokens=n, min_queries=maps.MIN_QUERIES)
+        spans = token_spans(tokens, row, rules, pos, contrast)
         return spans, title, legend_bar(contrast)
