@@ -24,7 +24,7 @@ NAME = "explorer"
 def layout(wb: AppContext) -> dcc.Tab:
     """The explorer's tab."""
     return tab(
-        "Attention explorer", NAME, ids.tab(NAME), *grid.layout(), *head.layout(), *tokens.layout()
+        "Explorer", NAME, ids.tab(NAME), *grid.layout(), *head.layout(), *tokens.layout()
     )
 
 
