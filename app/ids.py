@@ -58,6 +58,10 @@ AN_NAME, AN_NPROMPTS, AN_CAUSAL, AN_TOPK = "an-name", "an-nprompts", "an-causal"
 AN_SUMMARY, AN_PARAMS, AN_RUN, AN_CANCEL = "an-summary", "an-params", "an-run", "an-cancel"
 AN_PROGRESS, AN_STATUS, AN_ERROR, AN_ATTRS = "an-progress", "an-status", "an-error", "an-attrs"
 SCORE_GRAPH, CAUSAL_GRAPH, CAUSAL_INFO = "score-graph", "causal-graph", "causal-info"
+ATLAS_MAP, ATLAS_MAP_WRAP = "atlas-map", "atlas-map-wrap"  # the atlas analyzer's 2-D map
+# where the families meet (app.views.agreement): top-k, heatmaps, pair table, labels
+AG_K, AG_GRAPH, AG_PAIRS, AG_LABELS = "ag-k", "ag-graph", "ag-pairs", "ag-labels"
+AG_NOTE, AG_ERROR = "ag-note", "ag-error"
 SCORE_TABLE = "score-table"
 AN_QUICK, AN_EVIDENCE = "an-quick", "an-evidence"  # quick-mode box; stability/intervals line
 
@@ -142,6 +146,8 @@ FIGURES = {
     HEAD_GRAPH: "Attention heatmap of the selected head",
     GRID_GRAPH: "All-heads grid",
     SCORE_GRAPH: "Head score grid (atlas)",
+    ATLAS_MAP: "Head atlas map (atlas analyzer)",
+    AG_GRAPH: "Family agreement (atlas)",
     CAUSAL_GRAPH: "Causal check (atlas)",
     KL_GRAPH: "Per-token KL and target changes (intervene)",
     CONTRIB_GRAPH: "Head contributions to the output token (DLA grid)",

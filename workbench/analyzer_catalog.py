@@ -39,12 +39,24 @@ CATALOG: dict[str, CatalogEntry] = {
     "duplicate_token": CatalogEntry(
         "workbench.analyzers.classic", "share of attention on earlier copies of the current token"
     ),
+    "function_vector": CatalogEntry(
+        "workbench.analyzers.function_vector",
+        "function-vector heads (Todd et al.): indirect effect of mean ICL head outputs",
+    ),
     "induction": CatalogEntry(
         "workbench.analyzers.classic",
         "share of attention on the token after an earlier copy of the current one",
     ),
     "previous_token": CatalogEntry(
         "workbench.analyzers.classic", "share of attention on the previous token"
+    ),
+    "qr_retrieval": CatalogEntry(
+        "workbench.analyzers.qr_retrieval",
+        "query-focused retrieval heads (QRHead): query-calibrated attention on gold documents",
+    ),
+    "receiver": CatalogEntry(
+        "workbench.analyzers.receiver",
+        "receiver heads (Thought Anchors): kurtosis of attention to earlier sentences",
     ),
     "retrieval": CatalogEntry(
         "workbench.analyzers.retrieval",

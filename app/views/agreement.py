@@ -23,9 +23,8 @@ from workbench.analyzers.agreement import NOT_FAMILIES
 if TYPE_CHECKING:
     import dash
 
-#: Component ids of this section (the app's other ids are in :mod:`app.ids`).
-AG_K, AG_GRAPH, AG_PAIRS, AG_LABELS = "ag-k", "ag-graph", "ag-pairs", "ag-labels"
-AG_NOTE, AG_ERROR = "ag-note", "ag-error"
+AG_K, AG_GRAPH, AG_PAIRS, AG_LABELS = ids.AG_K, ids.AG_GRAPH, ids.AG_PAIRS, ids.AG_LABELS
+AG_NOTE, AG_ERROR = ids.AG_NOTE, ids.AG_ERROR
 DEFAULT_K = 10
 #: Shuffles of the permutation p-values here (the report uses 10,000): p >= 1/2001.
 APP_PERMUTATIONS = 2000

@@ -35,6 +35,7 @@ from app.views import agreement
 from app.views import analyzer_form as form
 from app.views.analyzer_form import analyzer_params, form_values
 from app.views.evidence import CAUSAL_HEIGHT, causal_view, evidence_view
+from workbench.atlas_charts import atlas_map_figure
 from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ ANALYZER_JOB = JobControls(
 
 NAME = "atlas"
 #: attrs shown elsewhere (the causal panel, the evidence lines) or too bulky for the chips.
+#: Style of the atlas map's wrapper while no atlas result is picked.
+HIDDEN = {"display": "none"}
 HIDDEN_ATTRS = (
     "causal",
     "causal_sources",
@@ -182,6 +185,13 @@ def layout(wb: AppContext) -> dcc.Tab:
                         html.Div(id=ids.CAUSAL_INFO, className="help"),
                     ],
                 ),
+            ],
+        ),
+        html.Div(
+            id=ids.ATLAS_MAP_WRAP,
+            style=HIDDEN,
+            children=[
+                dcc.Graph(id=ids.ATLAS_MAP, figure=figures.empty_figure(""), config=GRAPH_CONFIG)
             ],
         ),
         html.Div(id=ids.AN_ATTRS, className="attrs"),
@@ -331,11 +341,16 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         Output(ids.AN_ATTRS, "children"),
         Output(ids.AN_EVIDENCE, "children"),
         Output(ids.IV_FROM, "options"),
+        Output(ids.ATLAS_MAP, "figure"),
+        Output(ids.ATLAS_MAP_WRAP, "style"),
         Input(ids.ATLAS_RESULTS, "data"),
         Input(ids.AN_NAME, "value"),
         prevent_initial_call="initial_duplicate",
     )
     def render_atlas(results, name):
+        return (*render_result(results, name), *atlas_map(results, name))
+
+    def render_result(results, name):
         results = results or {}
         options = [{"label": k, "value": k} for k in sorted(results)]
         result = results.get(name)
@@ -370,3 +385,12 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             evidence_view(attrs),
             options,
         )
+
+
+def atlas_map(results: dict[str, Any] | None, name: str | None) -> tuple[Any, dict[str, str]]:
+    """The atlas analyzer's 2-D map (clusters named by their labels; a click opens the head)
+    and its wrapper's style: shown only while the atlas result is picked."""
+    result = (results or {}).get(name) if name == "atlas" else None
+    if not result or not result.get("records"):
+        return no_update, HIDDEN
+    return atlas_map_figure(pd.DataFrame(result["records"])), {}

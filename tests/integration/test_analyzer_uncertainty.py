@@ -20,6 +20,7 @@ import torch
 from workbench.analyzers import ANALYZERS, analyze, causal_evidence, get_analyzer
 from workbench.analyzers.base import QUICK_NOTE, AnalyzerError
 from workbench.analyzers.frames import head_frame
+from workbench.analyzers.function_vector import icl_data, icl_prompts, split_pairs
 from workbench.analyzers.ioi import DEFAULT_TASK, ioi_task
 from workbench.analyzers.mdqa import make_items
 from workbench.analyzers.niah import make_niah_tasks
@@ -54,6 +55,7 @@ SMALL: dict[str, tuple] = {
     "qr_retrieval": ("mdqa", {}, "same"),
     # one text a forward: kurtosis amplifies float32 rounding of other batch shapes past 1e-6
     "receiver": (list(RECEIVER_TEXTS[:4]), {"batch_size": 1}, "same"),
+    "function_vector": ("icl", {"tasks": ["antonyms"], "n_mean": 3, "n_zero_shot": 1}, "same"),
     "retrieval": ("niah", {"max_new_tokens": 12}, "same"),
 }
 
@@ -64,6 +66,13 @@ def small_task(lm, name: str) -> tuple[list, dict]:
         prompts = harmful_prompts()[:4]
     elif prompts == "mdqa":
         prompts = make_items(4, 3, seed=0)
+    elif prompts == "icl":  # shuffled-label antonym prompts, as the analyzer builds them
+        data = icl_data()
+        pairs = data["tasks"]["antonyms"]["pairs"]
+        prompts = icl_prompts(
+            "antonyms", *split_pairs("antonyms", pairs, 0), data["template"],
+            n=4, n_shots=5, seed=7, shuffle=True,
+        )  # fmt: skip
     elif prompts == "niah":
         prompts = make_niah_tasks(lm, **NIAH)
     return prompts, params

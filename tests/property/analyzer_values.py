@@ -47,6 +47,12 @@ ORDINAL_CLASSES = tuple(
         "classes"
     ]
 )
+#: The bundled ICL tasks of the function_vector analyzer (workbench/data/icl_tasks.json).
+ICL_TASKS = tuple(
+    json.loads((Path(__file__).resolve().parents[2] / "workbench/data/icl_tasks.json").read_text())[
+        "tasks"
+    ]
+)
 
 
 def _optional(ok: Callable[[Any, bool], bool], optional: bool) -> Callable[[Any, bool], bool]:
@@ -309,6 +315,7 @@ KINDS: dict[str, Kind] = {
     "first_threshold": real(minimum=0, maximum=1),
     "hidden_threshold": real(minimum=0, maximum=1),
     "threshold_on": choice("mean", "each_prompt"),
+    "min_queries": count(1),
     # reference settings (retrieval, contextual)
     "locate": choice("offsets", "overlap"),
     "stemming": flag(),
@@ -318,12 +325,35 @@ KINDS: dict[str, Kind] = {
     # OV-circuit analyzers (copy_suppression, successor)
     "n_tokens": count(1),
     "embedding": choice("block0", "mlp0", "raw"),
+    # receiver
+    "proximity": count(0),
+    "pool": choice("mean", "mass"),
     "classes": Kind(  # None or a non-empty list of bundled ordinal class names
         lambda v, model: (
             v is None
             or (bool(_strings(v)) and all(isinstance(x, str) and x in ORDINAL_CLASSES for x in v))
         ),
         st.one_of(st.lists(gen.texts, max_size=3), gen.texts, st.just([])),
+    ),
+    # function_vector: None or a non-empty list (or tuple) of bundled ICL task names
+    "tasks": Kind(
+        lambda v, model: (
+            v is None
+            or (
+                isinstance(v, (list, tuple))
+                and bool(v)
+                and all(isinstance(x, str) and x in ICL_TASKS for x in v)
+            )
+        ),
+        st.one_of(st.lists(gen.texts, max_size=3), gen.texts, st.just([])),
+    ),
+    "n_shots": count(1),
+    "n_mean": count(1),
+    "n_zero_shot": count(1),
+    "fv_layer": count(0, model_hi=N_LAYERS - 1, optional=True),
+    # qr_retrieval: a non-blank string that can be tokenized
+    "null_query": Kind(
+        lambda v, model: is_good_prompt(v), st.one_of(gen.texts, gen.surrogate_text)
     ),
 }
 

@@ -55,6 +55,7 @@ GOOD = {
     "focus": lambda: {"directions": _directions(torch.zeros(D)), "scale": 0.25},
     "temperature": lambda: {"heads": ["L3H1"], "temperature": 2.0},
     "patch": lambda: {"heads": ["L3H1"], "z_source": [torch.zeros(1, 4, H, D)] * L},
+    "function_vector": lambda: {"vector": torch.zeros(H * D), "layer": 10, "scale": 1.0},
 }
 
 
@@ -113,6 +114,13 @@ bad_sinks = st.one_of(
 #: Bad values of each constructor parameter: invalid by construction.
 BAD = {
     "heads": gen.bad_heads(),
+    "vector": st.one_of(
+        gen.anything().filter(lambda v: getattr(v, "shape", None) != (H * D,)),
+        non_finite.map(lambda x: with_one(x, (H * D,))),
+        not_number_dtypes.map(lambda dt: torch.zeros(H * D, dtype=dt)),
+        st.sampled_from([(H * D - 1,), (1, H * D), (H * D + 1,), ()]).map(torch.zeros),
+    ),
+    "layer": gen.not_index(minimum=0, maximum=L - 1),
     "factor": gen.not_number(),
     "eps": gen.not_number(minimum=0, below=1),
     "means": st.one_of(

@@ -114,11 +114,23 @@ BAD: dict[str, list] = {
     "stemming": FLAG,
     "stop_tokens": ["eos", "", 3, None],
     "threshold_on": ["median", "", 3, None],
+    "min_queries": [*COUNT, None],
     "score_over": ["correct_only", "", 3, None],
     "rows": ["answer", "", 3, None],
     "n_tokens": [*COUNT, None],
     "embedding": ["tokens", "", 3, None],
     "classes": ["weekdays", [], ["planets"], [3]],
+    # function_vector
+    "tasks": ["antonyms", [], ["planets"], [3], {"antonyms": 1}],
+    "n_shots": [*COUNT, None],
+    "n_mean": [*COUNT, None],
+    "n_zero_shot": [*COUNT, None],
+    "fv_layer": [-1, 30, 2.5, "3", True],
+    # receiver
+    "proximity": [-1, 2.5, "4", True, None],
+    "pool": ["median", "", 3, None],
+    # qr_retrieval
+    "null_query": ["", "   ", 3, None, ["N/A"]],
 }
 
 

@@ -52,6 +52,7 @@ GOOD = {
     "focus": lambda: {"directions": _directions(torch.zeros(D)), "scale": 0.25},
     "temperature": lambda: {"heads": ["L3H1"], "temperature": 2.0},
     "patch": lambda: {"heads": ["L3H1"], "z_source": _z()},
+    "function_vector": lambda: {"vector": torch.zeros(H * D), "layer": 10},
 }
 
 HEADS = [
@@ -76,6 +77,15 @@ HEADS = [
 #: Bad values of each constructor parameter, written by hand.
 BAD: dict[str, list] = {
     "heads": HEADS,
+    "vector": [
+        None,
+        "vector",
+        torch.zeros(H * D + 1),
+        torch.zeros(1, H * D),
+        torch.full((H * D,), NAN),
+        torch.zeros(H * D, dtype=torch.bool),
+    ],
+    "layer": [-1, 30, 2.5, "10", None, True],
     "factor": [NAN, INF, "0.5", None, True],
     "eps": ["0.1", None, -0.1, 1, NAN, True],
     "means": [

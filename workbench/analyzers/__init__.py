@@ -19,11 +19,15 @@ from workbench.analyzers import (  # noqa: F401  (register)
     classic,
     contextual,
     copy_suppression,
+    function_vector,
+    qr_retrieval,
+    receiver,
     retrieval,
     safety,
     sinks,
     successor,
 )
+from workbench.analyzers.agreement import Agreement, agreement
 from workbench.analyzers.base import (
     ANALYZERS,
     Analyzer,
@@ -64,11 +68,13 @@ def list_analyzers() -> list[tuple[str, str]]:
 
 __all__ = [
     "ANALYZERS",
+    "Agreement",
     "Analyzer",
     "AnalyzerArgumentError",
     "AnalyzerError",
     "PromptFileError",
     "Scan",
+    "agreement",
     "analyze",
     "as_items",
     "causal_evidence",

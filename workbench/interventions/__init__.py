@@ -31,6 +31,7 @@ from workbench.interventions.base import (
     normalize_heads,
 )
 from workbench.interventions.effects import Effects, kl_per_position, measure_effects
+from workbench.interventions.function_vector import FunctionVector
 from workbench.interventions.patching import PatchHeads
 from workbench.interventions.spans import char_spans_to_tokens, find_substring_spans
 from workbench.interventions.steering import (
@@ -58,6 +59,7 @@ INTERVENTIONS: dict[str, type[Intervention]] = {
         FocusDirections,
         Temperature,
         PatchHeads,
+        FunctionVector,
     )
 }
 

@@ -74,28 +74,18 @@ def grid_figure(analyzer: str, results: Results):
 
 def atlas_figure(results: Results):
     """The head atlas embedding (PCA of standardised features), coloured by cluster."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from workbench.atlas_charts import atlas_traces
 
     models = [m for m in results if "atlas" in results[m]]
     if not models:
         return None
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models)
     for i, model in enumerate(models, start=1):
-        df = results[model]["atlas"]
-        for label, part in df.groupby("cluster_label", sort=True):
-            fig.add_trace(
-                go.Scatter(
-                    x=part["x"],
-                    y=part["y"],
-                    mode="markers",
-                    name=f"{model}: {label}" if len(models) > 1 else str(label),
-                    text=part["head_id"],
-                    hovertemplate="%{text}<extra>" + html.escape(str(label)) + "</extra>",
-                ),
-                row=1,
-                col=i,
-            )
+        prefix = f"{model}: " if len(models) > 1 else ""
+        for trace in atlas_traces(results[model]["atlas"], prefix):
+            fig.add_trace(trace, row=1, col=i)
         fig.update_xaxes(title_text="PC 1", row=1, col=i)
         fig.update_yaxes(title_text="PC 2", row=1, col=i)
     fig.update_layout(

@@ -23,9 +23,7 @@ NAME = "explorer"
 
 def layout(wb: AppContext) -> dcc.Tab:
     """The explorer's tab."""
-    return tab(
-        "Explorer", NAME, ids.tab(NAME), *grid.layout(), *head.layout(), *tokens.layout()
-    )
+    return tab("Explorer", NAME, ids.tab(NAME), *grid.layout(), *head.layout(), *tokens.layout())
 
 
 def register(app: dash.Dash, wb: AppContext) -> None:

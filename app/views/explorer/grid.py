@@ -92,31 +92,42 @@ def _clicked_point(click: dict[str, Any] | None) -> dict[str, Any]:
     return point
 
 
-def _from_grid(grid_click, _score_click, _cell, _layer_in, _head_in):
-    point = _clicked_point(grid_click)
+def _from_grid(clicks: dict[str, Any], _layer_in, _head_in):
+    point = _clicked_point(clicks[ids.GRID_GRAPH])
     return round(point["x"]), round(point["y"]), no_update
 
 
-def _from_score_grid(_grid_click, score_click, _cell, _layer_in, _head_in):
-    point = _clicked_point(score_click)
+def _from_score_grid(clicks: dict[str, Any], _layer_in, _head_in):
+    point = _clicked_point(clicks[ids.SCORE_GRAPH])
     return int(point["x"]), int(point["y"]), "explorer"
 
 
-def _from_score_table(_grid_click, _score_click, cell, _layer_in, _head_in):
+def _from_atlas_map(clicks: dict[str, Any], _layer_in, _head_in):
+    point = (clicks[ids.ATLAS_MAP] or {}).get("points", [{}])[0]
+    if not point.get("customdata"):
+        raise PreventUpdate
+    parsed = workbench.parse_head(str(point["customdata"]))
+    return parsed.layer, parsed.head, "explorer"
+
+
+def _from_score_table(clicks: dict[str, Any], _layer_in, _head_in):
+    cell = clicks[ids.SCORE_TABLE]
     if not cell or not cell.get("row_id"):
         raise PreventUpdate
     parsed = workbench.parse_head(str(cell["row_id"]))
     return parsed.layer, parsed.head, "explorer"
 
 
-def _from_inputs(_grid_click, _score_click, _cell, layer_in, head_in):
+def _from_inputs(_clicks: dict[str, Any], layer_in, head_in):
     return as_int(layer_in, "layer"), as_int(head_in, "head"), no_update
 
 
-#: How each way of opening a head reads (layer, head, tab to show) from the callback's inputs.
+#: How each way of opening a head reads (layer, head, tab to show) from the clicks (each
+#: source's click data by id) and the layer/head inputs.
 OPENERS = {
     ids.GRID_GRAPH: _from_grid,
     ids.SCORE_GRAPH: _from_score_grid,
+    ids.ATLAS_MAP: _from_atlas_map,
     ids.SCORE_TABLE: _from_score_table,
     ids.OPEN_HEAD: _from_inputs,
 }
@@ -141,16 +152,23 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         Output(ids.SEL_HEAD_IN, "value"),
         Input(ids.GRID_GRAPH, "clickData"),
         Input(ids.SCORE_GRAPH, "clickData"),
+        Input(ids.ATLAS_MAP, "clickData"),
         Input(ids.SCORE_TABLE, "active_cell"),
         Input(ids.OPEN_HEAD, "n_clicks"),
         State(ids.SEL_LAYER_IN, "value"),
         State(ids.SEL_HEAD_IN, "value"),
         prevent_initial_call=True,
     )
-    def select_head(grid_click, score_click, cell, _n, layer_in, head_in):
+    def select_head(grid_click, score_click, map_click, cell, _n, layer_in, head_in):
         opener = OPENERS.get(ctx.triggered_id, _from_inputs)
+        clicks = {
+            ids.GRID_GRAPH: grid_click,
+            ids.SCORE_GRAPH: score_click,
+            ids.ATLAS_MAP: map_click,
+            ids.SCORE_TABLE: cell,
+        }
         try:
-            layer, head, tab = opener(grid_click, score_click, cell, layer_in, head_in)
+            layer, head, tab = opener(clicks, layer_in, head_in)
             wb.lm.head_id(layer, head)
         except WorkbenchError as exc:
             return no_update, str(exc), no_update, no_update, no_update
