@@ -20,6 +20,8 @@ ZOOM_REQUEST = "zoom-request"  # bumped by a click on an overview row: compute i
 DOWNLOAD = "download"
 MODEL_INFO = "model-info"
 TABS = "tabs"
+# the permalink (app.views.permalink): the address bar, the token the page shows, its link line
+URL, VIEW_TOKEN, PERMALINK, PERMALINK_A = "url", "view-token", "permalink", "permalink-a"
 
 
 def tab(view: str) -> str:

@@ -14,7 +14,7 @@ from dash import dcc, html
 
 from app import ids, views
 from app.context import AppContext
-from app.views import prompt
+from app.views import permalink, prompt
 
 if TYPE_CHECKING:
     from workbench.models import ModelInfo
@@ -37,6 +37,7 @@ def stores() -> list:
         dcc.Store(id=ids.ZOOM_BUSY, data=False),
         dcc.Store(id=ids.ZOOM_REQUEST, data=0),
         dcc.Download(id=ids.DOWNLOAD),
+        *permalink.stores(),
     ]
 
 
@@ -68,6 +69,7 @@ def make_layout(wb: AppContext) -> Callable[[], html.Div]:
                     className="main",
                     children=[
                         prompt.layout(),
+                        permalink.link_line(),
                         dcc.Tabs(
                             id=ids.TABS,
                             value=views.TABS[0].NAME,

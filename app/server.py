@@ -25,7 +25,7 @@ from app.context import AppContext
 from app.job_manager import JobManager
 from app.page import make_layout
 from app.state import SessionStore
-from app.views import prompt
+from app.views import permalink, prompt
 from workbench import analyzers
 
 ASSETS = Path(__file__).parent / "assets"
@@ -83,7 +83,7 @@ def create_app(
         analyzers=tuple(analyzers.list_analyzers()),
     )
     app.layout = make_layout(wb)
-    for view in (prompt, *views.TABS):
+    for view in (prompt, *views.TABS, permalink):
         view.register(app, wb)
     return app
 
