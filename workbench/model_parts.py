@@ -8,6 +8,7 @@ weights for one part), always restoring them on exit.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -132,6 +133,13 @@ def final_logits(model: nn.Module, hidden: Tensor) -> Tensor:
     """The model's logits (..., V) from the final hidden state (..., d_model) (after the final
     norm): the unembedding, then :func:`logits_from_unembedded`."""
     return logits_from_unembedded(model, unembedding(model)(hidden))
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword (and output field) of the KV cache of ``model``'s forward: ``cache`` in the
+    transformers 5 releases that renamed it, ``past_key_values`` before (the project accepts
+    both: ``transformers>=5.0,<6``)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def block_output(output: Tensor | tuple) -> Tensor:

@@ -17,7 +17,6 @@ Everything runs through the registered attention path; interventions active arou
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from workbench.generation import pad_id
 from workbench.interventions.function_vector import FunctionVector
 from workbench.interventions.patching import PatchHeads
 from workbench.lm import kernel_errors_translated
+from workbench.model_parts import cache_keyword
 
 if TYPE_CHECKING:
     from workbench.lm import Encoded, LoadedModel
@@ -59,23 +59,11 @@ def _forward(lm: LoadedModel, **kwargs):
         return lm.model(**kwargs)
 
 
-def _takes(lm: LoadedModel, keyword: str) -> bool:
-    return keyword in inspect.signature(lm.model.forward).parameters
-
-
-def _cache_keyword(lm: LoadedModel) -> str:
-    """``cache`` in transformers releases that renamed ``past_key_values`` (both the forward's
-    keyword and its output's field)."""
-    return "cache" if _takes(lm, "cache") else "past_key_values"
-
-
 def _last_logits(lm: LoadedModel, ids: Tensor, last: Tensor) -> Tensor:
     """(B, V) logits at position ``last[b]`` of each row of ``ids`` (B, L); the unembedding
-    runs only at those positions where the model takes ``logits_to_keep``."""
+    runs only at those positions (``logits_to_keep``, which every transformers 5 causal LM
+    takes)."""
     rows = torch.arange(ids.shape[0])
-    if not _takes(lm, "logits_to_keep"):
-        logits = _forward(lm, input_ids=ids, use_cache=False).logits
-        return logits[rows, last.to(logits.device)]
     keep, where = torch.unique(last, return_inverse=True)
     logits = _forward(lm, input_ids=ids, use_cache=False, logits_to_keep=keep.to(ids.device))
     return logits.logits[rows, where.to(ids.device)]
@@ -149,7 +137,7 @@ class _CachedBatch:
         self.last = last.repeat_interleave(repeat, 0)
         self.positions = (lengths - 1)[:, None].repeat_interleave(repeat, 0)
         self.answers = answers.repeat_interleave(repeat, 0)
-        self.keyword = _cache_keyword(lm)
+        self.keyword = cache_keyword(lm.model)
         self._fill()
 
     def _fill(self) -> None:
@@ -158,7 +146,7 @@ class _CachedBatch:
             input_ids=self.prefix.to(self.lm.device),
             attention_mask=self.prefix_mask.to(self.lm.device),
             use_cache=True,
-            **({"logits_to_keep": 1} if _takes(self.lm, "logits_to_keep") else {}),
+            logits_to_keep=1,
         )
         self.cache = getattr(out, self.keyword)
         if self.repeat > 1:

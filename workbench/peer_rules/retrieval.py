@@ -11,7 +11,6 @@ nothing here falls back to the workbench's own.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workbench.model_parts import cache_keyword
 from workbench.peer_rules.common import n_layers_heads
 
 Stemmer = Callable[[str], str]
@@ -74,13 +74,6 @@ def rouge1_recall(
     return sum(min(n, have[w]) for w, n in want.items()) / total
 
 
-def _cache_name(model: torch.nn.Module) -> str:
-    """The keyword (and output field) of the KV cache: ``past_key_values`` in the reference's
-    transformers, ``cache`` in transformers releases that renamed it."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _is_newline_token(tokenizer: Any, token_id: int) -> bool:
     """The reference stops at ``step_token == '<0x0A>'`` (SentencePiece's newline); the same
     token in a byte-level BPE vocabulary is spelled ``'Ċ'``."""
@@ -110,7 +103,7 @@ def retrieval_test(
     needle_ids = tokenizer(real_needle, add_special_tokens=False)["input_ids"]
     needle_start, needle_end = find_needle_idx(prompt_ids, needle_ids)
     q_outputs = model(input_ids=input_ids[:, :-1], use_cache=True, return_dict=True)
-    name = _cache_name(model)
+    name = cache_keyword(model)
     past_kv = getattr(q_outputs, name)
     inp = input_ids[:, -1]
     output: list[int] = []
