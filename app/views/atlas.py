@@ -31,6 +31,7 @@ from app.components import (
     text_input,
 )
 from app.context import AppContext, JobControls, message_of, watchdog
+from app.progress_text import ProgressText
 from app.views import agreement
 from app.views import analyzer_form as form
 from app.views.analyzer_form import analyzer_params, form_values
@@ -314,10 +315,12 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             params = analyzer_params(name, fixed, params_text, wb.lm, fields)
             set_progress(("0", "1", f"Starting {name}…"))
 
+            status = ProgressText()
+
             def report(desc: str, i: int, total: int) -> None:
-                text = f"{desc or name}: {i}/{total}"
-                if i >= total and params.get("causal") and desc == name:
-                    text += " · causal check (ablating top-k and random-k heads)…"
+                text = status(desc or name, i, total)
+                if desc == "causal check":
+                    text += " (top-k, then random-k heads ablated)"
                 set_progress((str(i), str(max(total, 1)), text))
 
             result = jobs.run_analyzer(wb.lm, name, params, report)

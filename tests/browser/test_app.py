@@ -113,7 +113,7 @@ def test_atlas_job_fills_grid_and_opens_head(dash_duo, wb_app):
     type_into(dash_duo, "an-params", '{"prompt_tokens": 24, "draws": 2}')
     click(dash_duo, "#an-run")
     # progress is reported while the job runs, then the grid and table fill
-    wait_text(dash_duo, "#an-status", "sinks: ", timeout=120)
+    wait_text(dash_duo, "#an-status", " elapsed", timeout=120)  # sinks: 2/4 · 3 s elapsed…
     wait_text(dash_duo, "#an-status", "heads scored")
 
     def filled():

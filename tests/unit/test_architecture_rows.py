@@ -159,7 +159,18 @@ def test_frozen_norm_model_reproduces_the_norms(row):
 
 def test_attention_output_norm_column():
     with_norm = {k for k, spec in ARCHITECTURES.items() if spec.attn_output_norm}
-    assert with_norm == {"gemma2", "gemma3_text", "gemma3", "olmo2"}
+    assert with_norm == {"gemma2", "gemma3_text", "gemma3", "olmo2", "afmoe"}
+
+
+def test_output_gate_column_names_the_gate_module():
+    """The rows with gated heads (AFMoE: ``o_proj(attn * sigmoid(gate_proj(x)))``) name a
+    module of the attention whose output has one value per head dimension."""
+    gated = {k for k, spec in ARCHITECTURES.items() if spec.output_gate}
+    assert gated == {"afmoe"}
+    model = build("afmoe")
+    attn = model.model.layers[0].self_attn
+    gate = getattr(attn, ARCHITECTURES["afmoe"].output_gate)
+    assert gate.out_features == attn.o_proj.in_features
 
 
 @pytest.mark.parametrize(
