@@ -23,6 +23,8 @@ def items(lm):
 
 @pytest.mark.parametrize("stop_tokens", ["newline_or_eos", "newline_token"])
 def test_batched_runs_equal_one_test_runs(lm, items, stop_tokens):
+    if stop_tokens == "newline_token":  # the other rule's path: half the tests suffice
+        items = items[::2]
     lengths = [lm.encode(it["prompt"], chat=True).n_tokens for it in items]
     assert len(set(lengths)) > 1  # padding is really exercised
     batched = list(
