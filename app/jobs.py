@@ -33,7 +33,7 @@ from workbench import analyzers
 from workbench import interventions as iv
 from workbench.interventions import recipes
 from workbench.maps import pooled_to_mass, regroup_mass
-from workbench.model_parts import layer_progress
+from workbench.model_parts import layer_progress, only_blocks
 from workbench.serialize import jsonable
 
 if TYPE_CHECKING:
@@ -45,8 +45,10 @@ Report = Callable[[str], None]
 FULL_MAP_TOKENS = 256
 #: The pooled overview of one head has at most this many blocks per side.
 OVERVIEW_CELLS = 64
-#: Thumbnails in the all-heads grid have at most this many pooled cells per side.
-THUMB_CELLS = 16
+#: Thumbnails in the all-heads grid have at most this many cells per side: one per token up to
+#: 48 tokens, else the overview's blocks merged in pairs (32 cells; about 2 MB for 270 heads).
+#: The grid zooms (drag a box), so token-level patterns show without opening each head.
+THUMB_CELLS = 48
 DEFAULT_REFERENCE = (
     "The old lighthouse keeper climbed the stairs every evening.\n"
     "Water boils at one hundred degrees Celsius at sea level.\n"
@@ -80,13 +82,18 @@ def parse_head_list(lm: LoadedModel, text: str | None) -> list[tuple[int, int]]:
     return [(head.layer, head.head) for head in heads]
 
 
-def format_heads(heads: list[tuple[int, int]]) -> str:
-    return ", ".join(workbench.head_id(a, b) for a, b in heads)
-
-
 def top_heads_from_records(records: list[dict[str, Any]], k: int) -> list[tuple[int, int]]:
     """The ``k`` highest-scoring heads of an analyzer table (records with layer/head/score)."""
     return analyzers.top_heads(pd.DataFrame(records), max(0, int(k)))
+
+
+def intervention_title(intervention: Any, heads: list[tuple[int, int]], n_heads: int) -> str:
+    """The intervened card's title: the intervention's kind and its heads, whole layers as
+    ``L5H*`` (a 100-head selection wraps instead of running off the page)."""
+    if not heads:
+        return repr(intervention)
+    count = f"{len(heads)} head{'s' if len(heads) != 1 else ''}"
+    return f"{type(intervention).__name__} of {count}: {workbench.format_heads(heads, n_heads)}"
 
 
 # -- prompt runs -----------------------------------------------------------------------------
@@ -137,7 +144,7 @@ def run_prompt(
             cap = lm.capture(maps=True)
             cap.check_fits(n)
             stack.enter_context(cap)
-        lm.forward(enc)
+        lm.forward(enc, last_only=True)
     n_layers = lm.info.n_layers
     pooled = np.stack(
         [stats.records[layer].stats["pooled"][0].float().numpy() for layer in range(n_layers)]
@@ -195,13 +202,14 @@ def zoom_rows(
         raise workbench.WorkbenchError(
             f"the query window {start}..{end} is empty; pick rows between 0 and {n}"
         )
-    _enc, rec = lm.run_capture(
-        meta["text"],
-        chat=meta["text_chat"],
-        layers=[layer],
-        heads=[head],
-        query_window=(start, end),
-    )
+    with only_blocks(lm.model, 0, layer + 1):  # later blocks cannot change this layer's map
+        _enc, rec = lm.run_capture(
+            meta["text"],
+            chat=meta["text_chat"],
+            layers=[layer],
+            heads=[head],
+            query_window=(start, end),
+        )
     weights = rec.map(layer, head).float().numpy().astype(np.float16)
     store.put(
         session,
@@ -288,9 +296,9 @@ def run_intervention(
     )
     gen = effects.generations.iloc[0]
     return {
-        "intervention": repr(intervention),
+        "intervention": intervention_title(intervention, heads, lm.info.n_heads),
         "mode": mode,
-        "heads": format_heads(heads) if heads else "",
+        "heads": workbench.format_heads(heads) if heads else "",
         "prompt": prompt,
         "chat": chat,
         "targets": targets,

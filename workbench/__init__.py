@@ -13,6 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from probes.lazy import lazy_exports
+
+# first, before anything loads torch: its threads will wait passively (workbench.openmp)
+from workbench import openmp as _openmp  # noqa: F401
 from workbench.errors import (
     CaptureTooLargeError,
     CorruptWeightsError,
@@ -27,7 +30,7 @@ from workbench.errors import (
     UnsupportedArchitectureError,
     WorkbenchError,
 )
-from workbench.heads import Head, head_id, parse_head, parse_heads
+from workbench.heads import Head, format_heads, head_id, parse_head, parse_heads
 
 #: Public names imported on first use, so that ``import workbench`` (and the CLI's ``--help``)
 #: does not pay for torch and transformers.
@@ -64,6 +67,7 @@ __all__ = [
     "RecordNotFoundError",
     "UnsupportedArchitectureError",
     "WorkbenchError",
+    "format_heads",
     "head_id",
     "load_model",
     "parse_head",

@@ -151,7 +151,7 @@ def run_batched(
             ids = right_pad([e.input_ids for e in batch], pad).to(lm.device)
             n = [e.n_tokens for e in batch]
             with right_padded(n), probe, torch.no_grad(), kernel_errors_translated("forward"):
-                lm.model(input_ids=ids, use_cache=False)
+                lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
             split = split_records(probe.records, n, pooled_block)
             for i, records in zip(group, split, strict=True):
                 out[i] = records

@@ -25,6 +25,7 @@ import torch
 
 from probes.checks import integer
 from probes.memory import available_bytes
+from workbench.openmp import wait_policy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -237,10 +238,12 @@ def run_bench(
 
 
 def rows_as_json(lm: LoadedModel, rows: list[BenchRow]) -> dict[str, Any]:
-    """The ``bench --json`` object: model, device, torch threads and one dict per row."""
+    """The ``bench --json`` object: model, device, torch threads, the OpenMP wait policy
+    (:mod:`workbench.openmp`) and one dict per row."""
     return {
         "model": lm.info.name,
         "device": str(lm.device),
         "torch_threads": torch.get_num_threads(),
+        "openmp_wait": wait_policy(),
         "results": [asdict(r) for r in rows],
     }

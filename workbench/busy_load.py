@@ -2,9 +2,11 @@
 by side with the quiet one in one run.
 
 A researcher's machine is rarely quiet: another model process shares the cores. Each busy
-process here runs torch matrix products on torch's default thread pool (as another model
-process would), starts before the measurement and is killed when it ends; each also stops by
-itself after ``max_seconds``, so nothing outlives a crashed bench.
+process here runs torch matrix products on torch's default thread pool, with OpenMP's default
+spinning wait (as another program's model process would: the wait policy the workbench sets for
+itself, :mod:`workbench.openmp`, is not passed on), starts before the measurement and is killed
+when it ends; each also stops by itself after ``max_seconds``, so nothing outlives a crashed
+bench.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from probes.checks import integer, number
+from workbench.openmp import neighbour_environment
 
 #: What each busy process runs: matrix products until its deadline, "ready" once started.
 BUSY_CODE = """
@@ -53,6 +56,7 @@ def busy_processes(n: int, max_seconds: float = 900.0) -> Iterator[list[subproce
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                     text=True,
+                    env=neighbour_environment(),
                 )
             )
         for proc in procs:  # each imports torch first: wait until its loop runs

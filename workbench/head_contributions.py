@@ -134,7 +134,7 @@ def head_contributions(
     cap.check_prompt(n)
     cap.check_fits(n)
     with cap, _LastPosition(lm) as last:
-        logits = lm.forward(enc)[0, -1]
+        logits = lm.forward(enc, last_only=True)[0, -1]
     target_id = int(logits.argmax()) if target is None else token_id(lm, "target", target)
     foil_id = None if foil is None else token_id(lm, "foil", foil)
     if foil_id == target_id:

@@ -8,6 +8,7 @@ against a model are checked by :meth:`workbench.LoadedModel.head_id` and the lay
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from probes.checks import ArgumentError, describe, integer, optional
@@ -82,3 +83,22 @@ def parse_heads(text: str, n_heads: int | None = None) -> list[Head]:
             heads = [parse_head(part)]
         out.extend(h for h in heads if h not in out)
     return out
+
+
+def format_heads(heads: Sequence[tuple[int, int]], n_heads: int | None = None) -> str:
+    """``[(5, 3), (7, 1)]`` -> ``"L5H3, L7H1"``: the ids in order, comma-separated (so long
+    lists wrap), readable back by :func:`parse_heads`. With ``n_heads``, a layer whose heads
+    are all listed is written ``L5H*`` where its first head stands."""
+    n_heads = optional(integer, "n_heads", n_heads, minimum=1)
+    heads = [Head(layer, head) for layer, head in heads]
+    per_layer: dict[int, set[int]] = {}
+    for h in heads:
+        per_layer.setdefault(h.layer, set()).add(h.head)
+    full = {layer for layer, hs in per_layer.items() if n_heads is not None and len(hs) >= n_heads}
+    out: list[str] = []
+    for h in heads:
+        if h.layer not in full:
+            out.append(h.id)
+        elif f"L{h.layer}H*" not in out:
+            out.append(f"L{h.layer}H*")
+    return ", ".join(out)

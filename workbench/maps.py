@@ -10,6 +10,9 @@ causal query can see, and which keys are sinks (by the sinks analyzer's own rule
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from probes.checks import ArgumentError, integer
@@ -32,6 +35,9 @@ __all__ = [
     "MIN_QUERIES",
     "NOT_JUDGED",
     "NO_SINK",
+    "WINDOW_FIRST_KEYS",
+    "WINDOW_KEY_MARGIN",
+    "KeyColumns",
     "block_max",
     "block_sink_rules",
     "block_visibility",
@@ -40,6 +46,7 @@ __all__ = [
     "regroup_mass",
     "sink_mask",
     "sink_rules",
+    "window_key_columns",
 ]
 
 
@@ -167,3 +174,88 @@ def block_sink_rules(rules: np.ndarray, block: int, n_blocks: int) -> np.ndarray
     out = np.where((tiles == NO_SINK).any(-1), NO_SINK, NOT_JUDGED)
     out = np.where((tiles == HIDDEN_SINK).any(-1), HIDDEN_SINK, out)
     return np.where((tiles == FIRST_TOKEN_SINK).any(-1), FIRST_TOKEN_SINK, out).astype(np.int8)
+
+
+#: Keys an exact-rows window always shows one by one at the start (where first-token sinks are).
+WINDOW_FIRST_KEYS = 4
+#: Keys before the window's first query row shown one by one (the rows' local context).
+WINDOW_KEY_MARGIN = 64
+
+
+@dataclass(frozen=True)
+class KeyColumns:
+    """The key axis of the exact attention of query rows ``[start, end)`` of a long prompt:
+    keys ``[0, first)`` one per column, the keys ``[first, lo)`` summed into one column (when
+    ``lo > first``), then keys ``[lo, end)`` one per column. Keys from ``end`` on are after
+    every row, so no row sees them. Columns stay a few pixels wide however long the prompt,
+    and every row still sums to 1 over the columns.
+    """
+
+    first: int
+    lo: int
+    end: int
+
+    @property
+    def summed(self) -> bool:
+        """Whether one column sums the keys ``[first, lo)``."""
+        return self.lo > self.first
+
+    @property
+    def starts(self) -> np.ndarray:
+        """``(C,)`` first key position of each column."""
+        middle = [self.first] if self.summed else []
+        return np.array([*range(self.first), *middle, *range(self.lo, self.end)], dtype=np.int64)
+
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        """``(W, C)`` from ``(W, >= end)`` attention rows: the summed column holds the weight
+        the row puts on all of ``[first, lo)``."""
+        rows = np.asarray(rows)
+        parts = [rows[:, : self.first]]
+        if self.summed:
+            parts.append(rows[:, self.first : self.lo].sum(-1, keepdims=True))
+        parts.append(rows[:, self.lo : self.end])
+        return np.concatenate(parts, axis=-1)
+
+    def visibility(self, query_positions: np.ndarray) -> np.ndarray:
+        """``(W, C)`` bool: the query sees the column's first key (causal mask)."""
+        return causal_visibility(query_positions, self.starts)
+
+    def sink_scores(self, sink: np.ndarray) -> np.ndarray:
+        """``(C,)`` per-key ``sink`` (``(L,)``) with the summed column's maximum."""
+        return self._reduce(np.asarray(sink), lambda part: part.max())
+
+    def sink_rules(self, rules: np.ndarray) -> np.ndarray:
+        """``(C,)`` rule codes from per-key ``rules`` (``(L,)``); the summed column takes the
+        strongest rule among its keys (:func:`block_sink_rules`)."""
+        width = self.lo - self.first
+        return self._reduce(
+            np.asarray(rules), lambda part: block_sink_rules(part, width, 1)[0]
+        ).astype(np.int8)
+
+    def labels(self, token_labels: Sequence[str]) -> list[str]:
+        """``(C,)`` axis labels: the tokens' own, and ``"Σ first–(lo-1)"`` for the sum."""
+        middle = [f"Σ {self.first}–{self.lo - 1}"] if self.summed else []
+        return [*token_labels[: self.first], *middle, *token_labels[self.lo : self.end]]
+
+    def _reduce(self, values: np.ndarray, pool) -> np.ndarray:
+        middle = [pool(values[self.first : self.lo])] if self.summed else []
+        return np.array(
+            [*values[: self.first], *middle, *values[self.lo : self.end]], dtype=values.dtype
+        )
+
+
+def window_key_columns(
+    start: int,
+    end: int,
+    *,
+    first: int = WINDOW_FIRST_KEYS,
+    margin: int = WINDOW_KEY_MARGIN,
+) -> KeyColumns:
+    """The :class:`KeyColumns` of query rows ``[start, end)``: the first ``first`` keys, the
+    ``margin`` keys before ``start`` and the rows' own keys one by one, the keys between summed.
+    A gap of a single key is shown as it is rather than summed."""
+    start = integer("start", start, minimum=0)
+    end = integer("end", end, minimum=start + 1)
+    first = min(integer("first", first, minimum=0), end)
+    lo = max(first, start - integer("margin", margin, minimum=0))
+    return KeyColumns(first, lo if lo - first >= 2 else first, end)

@@ -181,7 +181,8 @@ def register(app: dash.Dash, wb: AppContext) -> None:
             heads = jobs.parse_head_list(lm, text)
         except WorkbenchError as exc:
             return str(exc), "help error-text"
-        shown = jobs.format_heads(heads[:12]) + (" …" if len(heads) > 12 else "")
+        parts = workbench.format_heads(heads, info.n_heads).split(", ")  # whole layers: L5H*
+        shown = ", ".join(parts[:12]) + (" …" if len(parts) > 12 else "")
         return f"{len(heads)} head{'s' if len(heads) != 1 else ''}: {shown}", "help"
 
     @app.callback(
@@ -207,7 +208,7 @@ def register(app: dash.Dash, wb: AppContext) -> None:
                 )
             k = as_int(k, "k", 1, info.n_layers * info.n_heads)
             heads = jobs.top_heads_from_records(results[source]["records"], k)
-            return jobs.format_heads(heads), ""
+            return workbench.format_heads(heads, info.n_heads), ""
         except WorkbenchError as exc:
             return no_update, str(exc)
 

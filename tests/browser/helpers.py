@@ -128,27 +128,44 @@ def plot_data(browser, graph_id: str) -> list:
     )
 
 
-def screenshot(browser, name: str) -> Path:
-    """Full-page screenshot under test-artifacts/screenshots/NAME.png (the viewport is set to
-    the page's height through the DevTools protocol, then restored)."""
+#: The page widths the layout must hold at (issue 18: a laptop and a desktop screen).
+WIDTHS = (1280, 1920)
+
+
+def screenshot(browser, name: str, widths: tuple[int, ...] | None = None) -> list[Path]:
+    """Full-page screenshots under test-artifacts/screenshots/: NAME.png at 1,400 px, or
+    NAME-WIDTH.png for each of ``widths`` (the viewport is set to the page's height through the
+    DevTools protocol, then restored)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     driver = browser.driver
     page_height = (
         "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight);"
     )
-    driver.execute_script("window.scrollTo(0, 0);")
-    for _ in range(2):  # plotly re-lays out after a resize, which can change the height
-        height = min(int(driver.execute_script(page_height)), 8000)
-        driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False},
-        )
-        time.sleep(0.8)
-    path = SCREENSHOTS / f"{name}.png"
-    driver.save_screenshot(str(path))
+    paths = []
+    for width in widths or (1400,):
+        driver.execute_script("window.scrollTo(0, 0);")
+        for _ in range(2):  # plotly re-lays out after a resize, which can change the height
+            height = min(int(driver.execute_script(page_height)), 8000)
+            driver.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            )
+            time.sleep(0.8)
+        path = SCREENSHOTS / (f"{name}-{width}.png" if widths else f"{name}.png")
+        driver.save_screenshot(str(path))
+        paths.append(path)
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     time.sleep(0.3)
-    return path
+    return paths
+
+
+def fits(browser, element_id: str) -> bool:
+    """The element shows its whole content (nothing scrolled or cut out of view)."""
+    return browser.driver.execute_script(
+        "const el = document.getElementById(arguments[0]);"
+        "return el.scrollWidth <= el.clientWidth && el.clientWidth > 0;",
+        element_id,
+    )
 
 
 def severe_logs(browser) -> list:

@@ -4,15 +4,16 @@ and stale mark, in a real headless Chromium on the embedded model."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from tests.browser.helpers import (
-    SCREENSHOTS,
+    WIDTHS,
     click,
+    fits,
     free_port,
     open_tab,
+    screenshot,
     set_value,
     severe_logs,
     text_of,
@@ -39,31 +40,6 @@ def field(browser, name: str):
     """The generated field's element (None while it is not on the page)."""
     return browser.driver.execute_script(
         "return document.getElementById(arguments[0]);", field_id(name)
-    )
-
-
-def shot(browser, name: str, width: int) -> None:
-    """Full-page screenshot at ``width`` px (test-artifacts/screenshots/NAME-WIDTH.png)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    driver = browser.driver
-    driver.execute_script("window.scrollTo(0, 0);")
-    for _ in range(2):
-        height = min(int(driver.execute_script("return document.body.scrollHeight;")), 8000)
-        driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-        )
-        time.sleep(0.8)
-    driver.save_screenshot(str(SCREENSHOTS / f"{name}-{width}.png"))
-    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-
-
-def fits(browser, element_id: str) -> bool:
-    """The input shows its whole value (no text scrolled out of view)."""
-    return browser.driver.execute_script(
-        "const el = document.getElementById(arguments[0]);"
-        "return el.scrollWidth <= el.clientWidth && el.clientWidth > 0;",
-        element_id,
     )
 
 
@@ -94,8 +70,7 @@ def test_the_form_follows_the_analyzers_signature(dash_duo, wb_app):
     set_value(dash_duo, field_id("prompt_tokens"), "")
     wait_text(dash_duo, "#an-form-check", "prompt_tokens is empty or not a number", 30)
     assert "None" not in text_of(dash_duo, "#an-form-check")
-    for width in (1280, 1920):
-        shot(dash_duo, "atlas-form-errors", width)
+    screenshot(dash_duo, "atlas-form-errors", WIDTHS)
 
     # a run takes the fields' values
     set_value(dash_duo, "an-topk", "3")
@@ -121,8 +96,7 @@ def test_the_form_follows_the_analyzers_signature(dash_duo, wb_app):
     # unticking quick shows the full task's sizes
     click(dash_duo, "#an-quick input")
     wait_until(lambda: field(dash_duo, "n_needles").get_attribute("value") == "8", 30, "sizes")
-    for width in (1280, 1920):
-        shot(dash_duo, "atlas-form-retrieval", width)
+    screenshot(dash_duo, "atlas-form-retrieval", WIDTHS)
     assert severe_logs(dash_duo) == []
 
 
@@ -166,8 +140,7 @@ def test_sink_marks_follow_the_sinks_rule_and_stale_runs_are_marked(dash_duo, wb
     # editing the prompt marks the views stale; running it again clears the mark
     type_into(dash_duo, "prompt", prompt + " Then")
     wait_text(dash_duo, "#explorer-stale", "stale: the prompt changed", 30)
-    for width in (1280, 1920):
-        shot(dash_duo, "explorer-stale", width)
+    screenshot(dash_duo, "explorer-stale", WIDTHS)
     click(dash_duo, "#run-forward")
     wait_until(
         lambda: not dash_duo.driver.find_element("id", "explorer-stale").is_displayed(),

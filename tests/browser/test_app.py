@@ -198,7 +198,7 @@ def test_ablation_changes_the_continuation(dash_duo, wb_app):
     )
     base, new = text_of(dash_duo, "#iv-base-text"), text_of(dash_duo, "#iv-new-text")
     assert base and new and base != new
-    assert "ZeroAblation(L0H0" in text_of(dash_duo, "#iv-compare")
+    assert "ZeroAblation of 18 heads: L0H*, L1H*" in text_of(dash_duo, "#iv-compare")
     traces = plot_data(dash_duo, "kl-graph")
     assert traces and traces[0]["type"] == "bar" and len(traces[0]["x"]) == 5
     screenshot(dash_duo, "intervene")

@@ -1,21 +1,21 @@
 """The one-prompt views (head contributions, logit lens, clean vs corrupted patching) in a real
 headless Chromium on the embedded model: each view computes on the default IOI prompt, its
 figure shows sensible numbers, a top head opens its attention map in the explorer, and every
-view is photographed at 1,280 and 1,920 px wide (/tmp/shots/)."""
+view is photographed at 1,280 and 1,920 px wide (test-artifacts/screenshots/)."""
 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 
 import pytest
 
 from tests.browser.helpers import (
+    WIDTHS,
     click,
     free_port,
     open_tab,
     plot_data,
+    screenshot,
     severe_logs,
     text_of,
     type_into,
@@ -25,29 +25,9 @@ from tests.browser.helpers import (
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-SHOTS = Path("/tmp/shots")
 N_LAYERS, N_HEADS = 30, 9
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 N_TOKENS = 14  # the default prompt: "When Mary and John went to the store, John gave a drink to"
-
-
-def shoot(browser, name: str) -> None:
-    """Full-page screenshots at 1,280 and 1,920 px wide."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver = browser.driver
-    height = "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight);"
-    for width in (1280, 1920):
-        driver.execute_script("window.scrollTo(0, 0);")
-        for _ in range(2):  # plotly re-lays out after a resize, which can change the height
-            metrics = {"width": width, "height": min(int(driver.execute_script(height)), 6000)}
-            driver.execute_cdp_cmd(
-                "Emulation.setDeviceMetricsOverride",
-                {**metrics, "deviceScaleFactor": 1, "mobile": False},
-            )
-            time.sleep(0.8)
-        driver.save_screenshot(str(SHOTS / f"{name}-{width}.png"))
-    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    time.sleep(0.3)
 
 
 def heatmaps(browser, graph_id: str) -> list[dict]:
@@ -80,7 +60,7 @@ def test_contributions_lens_and_patching(dash_duo, wb_app):
     assert by_pos["x"][1] == "1 ␣Mary"
     first = dash_duo.find_element("#contrib-top button")
     hid = first.text
-    shoot(dash_duo, "contributions")
+    screenshot(dash_duo, "contributions", WIDTHS)
 
     # a top head opens its attention map in the explorer (the prompt is run for it)
     first.click()
@@ -105,7 +85,7 @@ def test_contributions_lens_and_patching(dash_duo, wb_app):
         lambda: heatmaps(dash_duo, "lens-graph")[0]["z"][-1][-1] == 0,  # log10(rank 1)
         what="the rank view",
     )
-    shoot(dash_duo, "lens")
+    screenshot(dash_duo, "lens", WIDTHS)
 
     # (c) clean vs corrupted patching; a corrupted prompt of another length is refused
     open_tab(dash_duo, "patching")
@@ -128,7 +108,7 @@ def test_contributions_lens_and_patching(dash_duo, wb_app):
     restored = values(patch)
     assert all(math.isfinite(v) for v in restored)
     assert patch["z"][3][23] > 0.3  # L23H3 restores most of the logit difference alone
-    shoot(dash_duo, "patching")
+    screenshot(dash_duo, "patching", WIDTHS)
 
     # a result computed for another prompt says so
     type_into(dash_duo, "prompt", "The cat sat on the mat.")

@@ -192,7 +192,7 @@ class AttributionAnalyzer(Analyzer):
                     multi_token += int(mt) + int(mf)
                 else:
                     with torch.no_grad():
-                        top2 = lm.forward(enc)[0, -1].topk(2).indices.tolist()
+                        top2 = lm.forward(enc, last_only=True)[0, -1].topk(2).indices.tolist()
                     t, f = int(top2[0]), int(top2[1])
                 fn, pair = logit_diff(t, f), (t, f)
             prepared.append((item, enc, corrupt_ids, fn, pair))

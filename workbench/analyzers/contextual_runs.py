@@ -58,7 +58,7 @@ def answer_span_mass(
     with lm.statistics(
         received=False, entropy=False, argmax=False, distance=False, spans=ei.spans
     ) as stats:
-        lm.forward(enc)
+        lm.forward(enc, last_only=True)
     rec = stats.records
     return torch.stack(
         [

@@ -150,7 +150,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     seqs = parse_seqs(args.seq, lm.info.max_context)
     log = None if args.json else print
     if log:
-        print(f"{lm.info.name} on {lm.device}, {lm.info.dtype}, batch 1, repeat {args.repeat}")
+        import torch
+
+        from workbench.openmp import wait_policy
+
+        print(
+            f"{lm.info.name} on {lm.device}, {lm.info.dtype}, batch 1, repeat {args.repeat}, "
+            f"{torch.get_num_threads()} threads, {wait_policy()}"
+        )
     rows = run_bench(lm, seqs, repeat=args.repeat, eager=not args.no_eager, log=log, load=args.load)
     if args.json:
         print(json.dumps(rows_as_json(lm, rows)))

@@ -40,11 +40,13 @@ def thumbnail_grid_figure(
     contrast: str = "sqrt",
     selected: tuple[int, int] | None = None,
     title: str = "",
+    uirevision: str | None = None,
 ) -> go.Figure:
     """All heads at once: a (layers x heads) mosaic of block-pooled maps, one trace.
 
     ``thumbs`` is (n_layers, n_heads, n, n). Tile of head (l, h) covers x in l +- 0.45 and
-    y in h +- 0.45, so hover and clicks round to the head.
+    y in h +- 0.45, so hover and clicks round to the head. Dragging a box zooms into a few
+    tiles (double-click zooms out); ``uirevision`` keeps the zoom when the colour changes.
     """
     n_layers, n_heads, n, _ = thumbs.shape
     step = 0.9 / n
@@ -92,7 +94,6 @@ def thumbnail_grid_figure(
         showgrid=False,
         zeroline=False,
         title_text="layer",
-        fixedrange=True,
         tickfont={"size": 10},
     )
     fig.update_yaxes(
@@ -102,7 +103,6 @@ def thumbnail_grid_figure(
         showgrid=False,
         zeroline=False,
         title_text="head",
-        fixedrange=True,
     )
     base_layout(
         fig,
@@ -111,6 +111,8 @@ def thumbnail_grid_figure(
         margin={"l": 50, "r": 10, "t": 40, "b": 45},
         shapes=selection_shapes(selected),
         clickmode="event",
+        dragmode="zoom",
+        uirevision=uirevision,
     )
     return fig
 

@@ -72,7 +72,7 @@ def layout() -> list[Any]:
             "Each tile is one head's attention, block-pooled (a cell = attention mass "
             "a block of queries puts on a block of keys), so this stays fast for long "
             "prompts. Queries run top to bottom, keys left to right. Click a tile to "
-            "open that head."
+            "open that head; drag a box over a few tiles to zoom in on them."
         ),
         dcc.Loading(
             dcc.Graph(
@@ -202,12 +202,15 @@ def register(app: dash.Dash, wb: AppContext) -> None:
         if thumbs is None:
             return figures.empty_figure("This run's data has expired; run the prompt again.")
         tb = meta["thumb_block"]
-        title = f"{meta['n_tokens']} tokens · each tile = one head" + (
-            f" · cells pooled over {tb}-token blocks" if tb > 1 else " · one cell per token"
+        title = (
+            f"{meta['n_tokens']} tokens · each tile = one head"
+            + (f" · cells pooled over {tb}-token blocks" if tb > 1 else " · one cell per token")
+            + " · drag a box to zoom, double-click to zoom out"
         )
         return thumbnail_grid_figure(
             thumbs.astype(np.float32),
             contrast,
             selected=(sel["layer"], sel["head"]) if sel else None,
             title=title,
+            uirevision=meta["run_id"],
         )

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 ZOOM_JOB = JobControls("zoom", (ids.WIN_SHOW,), ids.WIN_CANCEL, ids.ZOOM_BUSY, ids.EXPLORER_ERROR)
 
-MAX_WINDOW_ROWS = 512
+#: Query rows one exact-rows job computes (a few pixels a row in the heatmap).
+MAX_WINDOW_ROWS = 256
 EXPIRED = "this run's data has expired; run the prompt again"
 
 
@@ -117,20 +118,23 @@ def full_view(wb, sid, meta, layer, head, sink, contrast, qpos):
 
 
 def window_view(window, meta, layer, head, sink, contrast, qpos):
-    """Heatmap of the exact rows ``[a, b)`` computed for a long prompt."""
+    """Heatmap of the exact rows ``[a, b)`` computed for a long prompt, on the key columns of
+    :func:`workbench.maps.window_key_columns`: the first keys and the rows' local keys one by
+    one, the keys between summed into one column (so columns stay readable at 8k tokens)."""
     a, b, n, tokens = window["start"], window["end"], meta["n_tokens"], meta["tokens"]
-    # keys after the last query row are invisible to every row: leave them out
+    cols = maps.window_key_columns(a, b)
+    summed = f" · Σ column = keys {cols.first}–{cols.lo - 1} summed" if cols.summed else ""
     fig = head_heatmap_figure(
-        window["map"][:, :b].astype(np.float32),
-        figures.token_labels(tokens)[:b],
+        cols.weights(window["map"].astype(np.float32)),
+        cols.labels(figures.token_labels(tokens)),
         figures.token_labels(tokens[a:b], a),
-        sink[:b],
+        cols.sink_scores(sink),
         f"{workbench.head_id(layer, head)} · exact attention of query rows {a}–{b - 1} "
-        f"(of {n} tokens)",
+        f"(of {n} tokens){summed}",
         contrast,
         query_row=(qpos - a) if a <= qpos < b else None,
-        visible=maps.causal_visibility(np.arange(a, b), np.arange(b)),
-        sink_rules=sink_rules(meta, sink)[:b],
+        visible=cols.visibility(np.arange(a, b)),
+        sink_rules=cols.sink_rules(sink_rules(meta, sink)),
     )
     return fig, _view("window", meta, layer, head, q0=a, q1=b)
 
