@@ -74,6 +74,56 @@ def length_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def length_batches(lengths: Sequence[int], size: int, spread: float = 1.25) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of at most ``size``, shortest first, a batch never
+    holding a prompt more than ``spread`` times as long as its shortest (little padding)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        last = batches[-1] if batches else None
+        if last and len(last) < size and lengths[i] <= spread * lengths[last[0]]:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def windowed_batches(
+    lengths: Sequence[int], size: int, window: int | None = None, spread: float = 1.25
+) -> list[list[int]]:
+    """Indices ``0..n-1`` in batches of at most ``size``: each run of ``window`` consecutive
+    items (default ``2 * size``) split by :func:`length_batches`, so similar lengths share a
+    batch (a NIAH task lists each needle at every length: batching only neighbours gave
+    batches of 3 where 16 fit) while :func:`in_order` can still hand results out a window at
+    a time."""
+    window = max(size, window or 2 * size)
+    batches: list[list[int]] = []
+    for start in range(0, len(lengths), window):
+        part = lengths[start : start + window]
+        batches += [[start + j for j in b] for b in length_batches(part, size, spread)]
+    return batches
+
+
+def in_order(
+    batches: Sequence[Sequence[int]], run: Callable[[list[int]], Sequence[Any]]
+) -> Iterator[Any]:
+    """Run ``run(batch)`` (one result per index of the batch) for each of ``batches``, a
+    partition of ``0..n-1``, and yield the results in index order, each as soon as every
+    index before it is done: a per-item loop over batched work keeps its order, and an
+    interruption loses only what is not yet handed out."""
+    done: dict[int, Any] = {}
+    next_out = 0
+    for batch in batches:
+        results = run(list(batch))
+        if len(results) != len(batch):
+            raise ValueError(f"run gave {len(results)} results for a batch of {len(batch)}")
+        done.update(zip(batch, results, strict=True))
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
+    if done:
+        raise ValueError(f"batches are not a partition of 0..n-1: {sorted(done)} left over")
+
+
 def right_pad(rows: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
     """``(B, max L)`` ids, each row one of ``rows`` (token ids, ``(L,)`` or ``(1, L)``)
     followed by ``pad``: under the causal mask no real position sees the padding."""
@@ -257,9 +307,12 @@ __all__ = [
     "check_batch_size",
     "encode_all",
     "forward_bytes_per_token",
+    "in_order",
     "iter_batched",
+    "length_batches",
     "length_groups",
     "right_pad",
     "run_batched",
     "statistics_over",
+    "windowed_batches",
 ]

@@ -363,7 +363,7 @@ def test_batched_logit_differences_equal_one_prompt_forwards(lm):
 
 
 def test_length_batches_keep_similar_lengths_together():
-    from workbench.analyzers.niah_runs import length_batches
+    from workbench.batching import length_batches
 
     lengths = [512, 256, 260, 515, 256, 600, 700, 1000]
     batches = length_batches(lengths, 3)

@@ -11,7 +11,7 @@ from probes.hooks import HOOKS_ATTR
 from tests.conftest import attn_implementation
 from workbench.analyzers import contextual, mdqa
 from workbench.analyzers.base import AnalyzerError, get_analyzer
-from workbench.analyzers.contextual_runs import relevant_mass
+from workbench.analyzers.contextual_runs import answer_span_mass, greedy_ids, relevant_mass
 from workbench.errors import WorkbenchError
 from workbench.heads import Head
 from workbench.interventions import FocusDirections, FocusDirectionSet
@@ -60,7 +60,7 @@ def test_encoded_spans_hold_the_documents(lm, eitems):
 
 def test_answer_span_mass_equals_eager_maps(lm, eitems):
     for ei in eitems:
-        got = contextual.answer_span_mass(lm, ei, ei.answer_ids)
+        got = answer_span_mass(lm, ei, ei.answer_ids)
         ref = _eager_answer_mass(lm, ei, ei.answer_ids)
         assert got.shape == (lm.info.n_layers, lm.info.n_heads, len(ei.answer_ids), 3)
         assert (got - ref).abs().max() <= 1e-4
@@ -74,9 +74,9 @@ def test_teacher_forced_rows_equal_decode_steps(lm, eitems):
     with lm.statistics(
         received=False, entropy=False, argmax=False, distance=False, spans=ei.spans
     ) as stats:
-        ids = contextual.greedy_ids(lm, ei.enc, 5)
+        ids = greedy_ids(lm, ei.enc, 5)
     assert ids and stats.records.steps(0) >= len(ids)
-    tf = contextual.answer_span_mass(lm, ei, ids)  # (L, H, n, S)
+    tf = answer_span_mass(lm, ei, ids)  # (L, H, n, S)
     for layer in (0, 15, 29):
         steps = [stats.records[layer, s].stats["span_mass"][0][:, -1] for s in range(len(ids))]
         decode = torch.stack(steps, dim=1).double()  # (H, n, S)
@@ -115,7 +115,7 @@ def test_focus_training_raises_attention_on_relevant_document(lm, eitems):
     # the first loss is the untouched model's -mean log relevant mass (statistics probe)
     logs = []
     for ei in eitems:
-        mass = contextual.answer_span_mass(lm, ei, ei.answer_ids)
+        mass = answer_span_mass(lm, ei, ei.answer_ids)
         logs.append(torch.stack([mass[lay, h, :, ei.relevant] for lay, h in heads]).log())
     first_item = None
     for ei, lg in zip(eitems, logs, strict=True):  # seeded order: find which item came first

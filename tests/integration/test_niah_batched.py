@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from workbench.analyzers.niah import make_niah_tasks
-from workbench.analyzers.niah_runs import consecutive_batches, run_niah_test, run_niah_tests
+from workbench.analyzers.niah_runs import run_niah_test, run_niah_tests
+from workbench.batching import windowed_batches
 
 pytestmark = pytest.mark.model
 
@@ -43,10 +44,18 @@ def test_batched_runs_equal_one_test_runs(lm, items, stop_tokens):
     assert len(ends) > 1 or stop_tokens == "newline_token"  # rows stopped at different steps
 
 
-def test_consecutive_batches_keep_order_size_and_spread():
-    assert consecutive_batches([100, 110, 120, 300, 310, 90], 2) == [[0, 1], [2], [3, 4], [5]]
-    assert consecutive_batches([100, 124, 126], 8) == [[0, 1], [2]]  # 126 > 1.25 * 100
-    assert consecutive_batches([5, 5, 5], 1) == [[0], [1], [2]]
+def test_windowed_batches_group_lengths_within_windows():
+    # window 0..3: 100 and 110 together, 300 and 310 together; window 4..5: 120 > 1.25 * 90
+    assert windowed_batches([100, 300, 110, 310, 120, 90], 2, window=4) == [
+        [0, 2],
+        [1, 3],
+        [5],
+        [4],
+    ]
+    assert windowed_batches([100, 124, 126], 8) == [[0, 1], [2]]  # 126 > 1.25 * 100
+    assert windowed_batches([5, 5, 5], 1) == [[0], [1], [2]]
+    # default window 2 * size: nothing from items 4.. joins a batch of items 0..3
+    assert windowed_batches([7] * 6, 2) == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_retrieval_scores_equal_at_any_batch_size(lm, items):

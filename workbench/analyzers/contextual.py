@@ -57,11 +57,10 @@ from workbench.analyzers.base import (
     top_heads,
 )
 from workbench.analyzers.causal import GENERATION_DRAWS, causal_evidence
+from workbench.analyzers.contextual_batches import item_runs
 from workbench.analyzers.contextual_runs import (
     aggregate,
     answer_logprobs,
-    answer_span_mass,
-    greedy_ids,
     item_scores,
     qa_hits,
     scored,
@@ -196,7 +195,12 @@ class ContextualAnalyzer(Analyzer):
         focus_out: str | None = None,
         seed: int = 0,
         quick: bool = False,
+        batch_size: int | str = "auto",
     ) -> pd.DataFrame:
+        """``batch_size``: items per batched greedy decode and teacher-forced forward
+        (``"auto"``: up to :data:`~workbench.analyzers.contextual_batches.MAX_BATCH`, sized
+        from free memory); batched runs equal one-item runs
+        (:mod:`workbench.analyzers.contextual_batches`)."""
         facts, fillers = load_facts()
         train_facts, eval_facts = split_facts(facts, n_train_facts, seed)
         items = as_items(prompts)
@@ -213,12 +217,18 @@ class ContextualAnalyzer(Analyzer):
         outcomes: list[dict[str, Any]] = []
         encoded = [encode_item(lm, item, chat=chat) for item in items]  # before any forward
         check_room(lm, max(ei.enc.n_tokens for ei in encoded), max_new_tokens, self.name)
+        runs = item_runs(
+            lm,
+            encoded,
+            answer=answer,
+            rows=rows,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
         with Scan(list(zip(items, encoded, strict=True)), self.name, progress) as scan:
-            for item, ei in scan:
-                gen = greedy_ids(lm, ei.enc, max_new_tokens)
-                text = lm.tokenizer.decode(gen)
+            for (item, ei), done in zip(scan, runs, strict=False):
+                text = lm.tokenizer.decode(done.generated)
                 correct = is_correct(text, item)
-                ids = gen if answer == "generated" else ei.answer_ids
                 eitems.append(ei)
                 hits = per_position.setdefault(ei.relevant, [0, 0])
                 hits[0] += int(correct)
@@ -232,9 +242,8 @@ class ContextualAnalyzer(Analyzer):
                         "correct": correct,
                     }
                 )
-                if ids:
-                    mass = answer_span_mass(lm, ei, ids, rows)
-                    per_item.append(item_scores(mass, ei.relevant))
+                if done.mass is not None:
+                    per_item.append(item_scores(done.mass, ei.relevant))
                     counted.append(SCORE_OVER[score_over](correct, answer))
         require_done(scan, self.name)
         if not per_item:
@@ -264,6 +273,7 @@ class ContextualAnalyzer(Analyzer):
                 "chat": chat,
                 "seed": seed,
                 "n_causal": n_causal,
+                "batch_size": batch_size,
                 "task": "user prompts" if user_prompts else "bundled mdqa_facts (eval split)",
             },
             "accuracy": accuracy,

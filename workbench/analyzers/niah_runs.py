@@ -24,13 +24,14 @@ from probes.checks import boolean
 from workbench.analyzers.base import AnalyzerError
 from workbench.analyzers.niah import locate_needle
 from workbench.analyzers.retrieval_rule import PASS_RECALL, answered
+from workbench.batching import in_order, length_batches, windowed_batches
 from workbench.generation import StopAtNewline, greedy_generate
 
 if TYPE_CHECKING:
     from workbench.lm import Encoded, LoadedModel
 
 
-BATCH = 8  # tests per batched greedy decoding of the causal check
+BATCH = 16  # tests per batched greedy decoding (at most; "auto" sizes it from free memory)
 #: How the newline token is spelled: SentencePiece's byte token, byte-level BPE's ``Ċ``.
 NEWLINE_TOKENS = ("<0x0A>", "\u010a")
 
@@ -163,12 +164,13 @@ def run_niah_tests(
     stop_at_newline: bool = True,
     stop_tokens: str = DEFAULT_STOP,
 ) -> Iterator[NiahRun]:
-    """Decode ``items`` greedily, up to ``batch_size`` consecutive tests of similar length in
-    one left-padded batch (:func:`consecutive_batches`), and yield one :class:`NiahRun` per item,
-    in order, each equal to a one-test run: a row's response ends at its first stop event
+    """Decode ``items`` greedily, up to ``batch_size`` tests of similar length in one
+    left-padded batch (:func:`windowed_batches`), and yield one :class:`NiahRun` per item, in
+    order, each equal to a one-test run: a row's response ends at its first stop event
     (:func:`emitted_until_stop`, the rule that ends a one-test decode), and its argmax keys at
     step ``s`` are the batch's step-``s`` record of that row shifted by its left padding.
-    Every test is encoded and located before the first forward."""
+    Every test is encoded and located before the first forward. A run is yielded as soon as
+    every test before it is done, so an interrupted scan keeps a prefix of the items."""
     prepared = [encode_test(lm, item, chat, system) for item in items]
     rule = STOP_RULES[stop_tokens]
     newline = rule.newline(lm.tokenizer) if stop_at_newline else None
@@ -179,7 +181,8 @@ def run_niah_tests(
         "stop_tokens": stop_tokens,
     }
     n_layers = lm.info.n_layers
-    for chunk in consecutive_batches([enc.n_tokens for enc, _ in prepared], batch_size):
+
+    def run(chunk: list[int]) -> list[NiahRun]:
         encs = [prepared[i][0] for i in chunk]
         width = max(enc.n_tokens for enc in encs)
         recs = None
@@ -190,6 +193,7 @@ def run_niah_tests(
             n_steps = min(recs.steps(layer) for layer in range(n_layers))
         else:
             rows = decode_greedy(lm, encs, **decode)
+        out = []
         for b, i in enumerate(chunk):
             enc, where = prepared[i]
             emitted = emitted_until_stop(rows[b], newline, eos) if len(chunk) > 1 else rows[b]
@@ -215,14 +219,19 @@ def run_niah_tests(
                     - pad
                 )
             response = lm.tokenizer.decode(emitted, skip_special_tokens=True).strip()
-            yield NiahRun(
-                response,
-                enc.input_ids[0].cpu(),
-                emitted,
-                argmax,
-                where["needle_span"],
-                where["answer_span"],
+            out.append(
+                NiahRun(
+                    response,
+                    enc.input_ids[0].cpu(),
+                    emitted,
+                    argmax,
+                    where["needle_span"],
+                    where["answer_span"],
+                )
             )
+        return out
+
+    yield from in_order(windowed_batches([enc.n_tokens for enc, _ in prepared], batch_size), run)
 
 
 def eos_token_ids(lm: LoadedModel) -> set[int]:
@@ -245,34 +254,6 @@ def emitted_until_stop(row: Tensor, newline: StoppingCriteria | None, eos: set[i
         if token in eos or (newline is not None and bool(newline(row[None, : t + 1], None)[0])):
             return row[: t + 1]
     return row
-
-
-def consecutive_batches(lengths: Sequence[int], size: int, spread: float = 1.25) -> list[list[int]]:
-    """Indices ``0..n-1`` in runs of consecutive items, at most ``size`` a run, a run never
-    holding a prompt more than ``spread`` times as long as its shortest (results stream in
-    order, so an interrupted scan keeps a prefix of the items)."""
-    batches: list[list[int]] = []
-    for i in range(len(lengths)):
-        grown = [*batches[-1], i] if batches and len(batches[-1]) < size else None
-        chosen = [lengths[j] for j in grown or ()]
-        if grown and max(chosen) <= spread * min(chosen):
-            batches[-1] = grown
-        else:
-            batches.append([i])
-    return batches
-
-
-def length_batches(lengths: Sequence[int], size: int, spread: float = 1.25) -> list[list[int]]:
-    """Indices of ``lengths`` in batches of at most ``size``, shortest first, a batch never
-    holding a prompt more than ``spread`` times as long as its shortest (little padding)."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
-        last = batches[-1] if batches else None
-        if last and len(last) < size and lengths[i] <= spread * lengths[last[0]]:
-            last.append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 def niah_passes(
@@ -341,7 +322,6 @@ __all__ = [
     "StopAtNewlineToken",
     "StopRule",
     "decode_greedy",
-    "length_batches",
     "newline_token_ids",
     "niah_accuracy",
     "niah_passes",
