@@ -15,10 +15,12 @@ per-head scores, which must be float rounding; a larger one is printed, never hi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,18 +49,22 @@ class AnalyzerBenchRow:
     reference_peak_mb: float
     max_abs_diff: float
     nonzero_heads: int  # heads with a nonzero reference score: 0 makes the comparison empty
+    forwards_s: float  # every prompt through the model once (no probe, batch 1): a floor
     note: str = ""
 
 
 @dataclass(frozen=True)
 class Family:
     """How to bench one family: ``task(lm, quick)`` builds the items; ``ours(lm, items)`` and
-    ``reference(lm, items)`` return the per-head scores (layers, heads) and a note."""
+    ``reference(lm, items)`` return the per-head scores (layers, heads) and a note;
+    ``prompt_ids(lm, items)`` the (1, T) token ids of each item's prompt as the reference
+    tokenizes it."""
 
     analyzer: str
     task: Callable[[LoadedModel, bool], list[Any]]
     ours: Callable[[LoadedModel, list[Any]], np.ndarray]
     reference: Callable[[LoadedModel, list[Any]], tuple[np.ndarray, str]]
+    prompt_ids: Callable[[LoadedModel, list[Any]], list[torch.Tensor]]
 
 
 @contextmanager
@@ -80,6 +86,30 @@ def _grid(lm: LoadedModel, df: Any) -> np.ndarray:
 def _ids(lm: LoadedModel, text: str) -> torch.Tensor:
     """``tokenizer(text, return_tensors="pt").input_ids`` on the model's device: (1, T)."""
     return lm.tokenizer(text, return_tensors="pt").input_ids.to(lm.device)
+
+
+def _plain_ids(lm: LoadedModel, prompts: list[Any]) -> list[torch.Tensor]:
+    return [_ids(lm, p) for p in prompts]
+
+
+def _chat_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
+    """The chat-templated ids of one user message with the generation prompt: (1, T)."""
+    ids = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        tokenize=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+    )
+    return (ids if isinstance(ids, torch.Tensor) else ids["input_ids"]).to(lm.device)
+
+
+def prompt_forwards(lm: LoadedModel, prompt_ids: Sequence[torch.Tensor]) -> None:
+    """Every prompt through the model once, one at a time, no probe, last logits only: work
+    any way of scoring the prompts does at least once, so ``reference_s / forwards_s`` bounds
+    the speed-up that faster attention and batching can give on this device."""
+    with torch.no_grad():
+        for ids in prompt_ids:
+            lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
 
 
 # -- sinks: Gu et al., sail-sg/Attention-Sink ---------------------------------------------------
@@ -139,51 +169,15 @@ RETRIEVAL_AS_REFERENCE = {
 }
 
 
-#: Needles whose answer is quoted, so that the reference's span search (the answer tokenized
-#: alone, a window covering > 90 % of its tokens) finds it in a byte-level BPE prompt: with the
-#: bundled needles the answer's first token differs in context (a leading space), the reference
-#: locates no span and every score of both ways is 0. As many as the analyzer's ``N_NEEDLES``.
+#: Needles whose answer is quoted (``data/bench_needles.jsonl``), so that the reference's span
+#: search (the answer tokenized alone, a window covering > 90 % of its tokens) finds it in a
+#: byte-level BPE prompt: with the bundled needles the answer's first token differs in context
+#: (a leading space), the reference locates no span and every score of both ways is 0. As many
+#: as the analyzer's ``N_NEEDLES``.
 BENCH_NEEDLES = [
-    {
-        "needle": 'The password for the lighthouse door is "amber falcon".',
-        "question": "What is the password for the lighthouse door?",
-        "answer": "amber falcon",
-    },
-    {
-        "needle": 'The name of the baker\'s grey cat is "Pickle Moon".',
-        "question": "What is the name of the baker's grey cat?",
-        "answer": "Pickle Moon",
-    },
-    {
-        "needle": 'The secret ingredient in the harbour soup is "roasted chestnut".',
-        "question": "What is the secret ingredient in the harbour soup?",
-        "answer": "roasted chestnut",
-    },
-    {
-        "needle": 'The rare orchid in the town greenhouse is called "Velvet Dawn".',
-        "question": "What is the rare orchid in the town greenhouse called?",
-        "answer": "Velvet Dawn",
-    },
-    {
-        "needle": 'The fishing boat moored by the pier is named "Silver Heron".',
-        "question": "What is the fishing boat moored by the pier named?",
-        "answer": "Silver Heron",
-    },
-    {
-        "needle": 'The code word for the mountain expedition was "copper lantern".',
-        "question": "What was the code word for the mountain expedition?",
-        "answer": "copper lantern",
-    },
-    {
-        "needle": 'The old clockmaker\'s favourite tune is "Winter Orchard".',
-        "question": "What is the old clockmaker's favourite tune?",
-        "answer": "Winter Orchard",
-    },
-    {
-        "needle": 'The prize-winning pumpkin at the fair was called "Golden Barnaby".',
-        "question": "What was the prize-winning pumpkin at the fair called?",
-        "answer": "Golden Barnaby",
-    },
+    json.loads(line)
+    for line in (Path(__file__).parent / "data" / "bench_needles.jsonl").read_text().splitlines()
+    if line.strip()
 ]
 
 
@@ -217,13 +211,7 @@ def _retrieval_reference(lm: LoadedModel, items: list[Any]) -> tuple[np.ndarray,
         stem, note = porter_stem, "workbench stemmer (nltk missing); "
     tests = []
     for item in items:
-        ids = lm.tokenizer.apply_chat_template(
-            [{"role": "user", "content": item["prompt"]}],
-            tokenize=True,
-            add_generation_prompt=True,
-            return_tensors="pt",
-        )
-        ids = (ids if isinstance(ids, torch.Tensor) else ids["input_ids"]).to(lm.device)
+        ids = _chat_ids(lm, item["prompt"])
         tests.append(
             peer_rules.retrieval_test(
                 lm.model, lm.tokenizer, ids, item["answer"], MAX_NEW_TOKENS, stem=stem
@@ -283,10 +271,24 @@ def _contextual_reference(lm: LoadedModel, items: list[Any]) -> tuple[np.ndarray
 
 #: The benched families, in printing order.
 FAMILIES: dict[str, Family] = {
-    "sinks": Family("sinks", _sinks_task, _sinks_ours, _sinks_reference),
-    "induction": Family("induction", _induction_task, _induction_ours, _induction_reference),
-    "retrieval": Family("retrieval", _retrieval_task, _retrieval_ours, _retrieval_reference),
-    "contextual": Family("contextual", _contextual_task, _contextual_ours, _contextual_reference),
+    "sinks": Family("sinks", _sinks_task, _sinks_ours, _sinks_reference, _plain_ids),
+    "induction": Family(
+        "induction", _induction_task, _induction_ours, _induction_reference, _plain_ids
+    ),
+    "retrieval": Family(
+        "retrieval",
+        _retrieval_task,
+        _retrieval_ours,
+        _retrieval_reference,
+        lambda lm, items: [_chat_ids(lm, it["prompt"]) for it in items],
+    ),
+    "contextual": Family(
+        "contextual",
+        _contextual_task,
+        _contextual_ours,
+        _contextual_reference,
+        lambda lm, items: [_chat_ids(lm, it["prompt"]) for it in items],
+    ),
 }
 
 
@@ -309,6 +311,8 @@ def bench_family(lm: LoadedModel, name: str, quick: bool = False) -> AnalyzerBen
     ours, ours_s, ours_mb = _measure(lambda: family.ours(lm, items), lm.device)
     with eager_attention(lm.model), torch.no_grad():
         (ref, note), ref_s, ref_mb = _measure(lambda: family.reference(lm, items), lm.device)
+    ids = family.prompt_ids(lm, items)
+    _, forwards_s, _ = _measure(lambda: prompt_forwards(lm, ids), lm.device)
     return AnalyzerBenchRow(
         family=name,
         n_prompts=len(items),
@@ -319,6 +323,7 @@ def bench_family(lm: LoadedModel, name: str, quick: bool = False) -> AnalyzerBen
         reference_peak_mb=round(ref_mb, 1),
         max_abs_diff=float(np.max(np.abs(ours - np.asarray(ref, dtype=np.float64)))),
         nonzero_heads=int(np.count_nonzero(ref)),
+        forwards_s=round(forwards_s, 3),
         note=note,
     )
 
@@ -330,7 +335,9 @@ def format_analyzer_row(row: AnalyzerBenchRow) -> str:
         f"{row.family:<10} | {row.n_prompts:3d} prompts | "
         f"workbench {row.workbench_s:8.2f} s / {row.workbench_peak_mb:7.0f} MB | "
         f"reference {row.reference_s:8.2f} s / {row.reference_peak_mb:7.0f} MB | "
-        f"{row.speedup:5.2f}x faster | max |score diff| {row.max_abs_diff:.2g} "
+        f"{row.speedup:5.2f}x faster | prompts' forwards alone {row.forwards_s:.2f} s "
+        f"(bound {row.reference_s / max(row.forwards_s, 1e-9):.1f}x) | "
+        f"max |score diff| {row.max_abs_diff:.2g} "
         f"({row.nonzero_heads} heads scored){note}"
     )
 

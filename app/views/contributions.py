@@ -79,13 +79,6 @@ def head_grid(
     return fig
 
 
-def elapsed_line(start: float, done: int, total: int, what: str) -> str:
-    """``"layer 12/30 · 8 s · about 12 s left"`` (the estimate from the mean time per item)."""
-    spent = time.perf_counter() - start
-    left = f" · about {spent / done * (total - done):.0f} s left" if 0 < done < total else ""
-    return f"{what} {done}/{total} · {spent:.0f} s{left}"
-
-
 def is_stale(result: dict[str, Any] | None, prompt: str | None, chat: Any) -> bool:
     """True when ``result`` was computed for another prompt (or chat setting) than the box's."""
     return bool(result) and (result["prompt"] != prompt or result["chat"] != bool(chat))

@@ -25,7 +25,8 @@ from app.components import (
     text_input,
 )
 from app.context import AppContext, JobControls, message_of, watchdog
-from app.views.contributions import STALE_NOTE, elapsed_line, head_grid, is_stale
+from app.progress_text import ProgressText
+from app.views.contributions import STALE_NOTE, head_grid, is_stale
 from workbench.errors import WorkbenchError
 from workbench.head_patching import patch_heads
 from workbench.logit_lens import token_text
@@ -54,8 +55,10 @@ def compute(
     """Patch every head; JSON-able result. ``report(text)`` gets progress by layer."""
     start = time.perf_counter()
 
+    line = ProgressText()
+
     def progress(_desc: str, done: int, total: int) -> None:
-        report(elapsed_line(start, done, total, "patched layer") if done else "patching layers…")
+        report(line("patched layers", done, total) if done else "patching layers…")
 
     report("Clean and corrupted runs…")
     res = patch_heads(

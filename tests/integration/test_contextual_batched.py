@@ -59,11 +59,15 @@ def test_batched_runs_equal_one_item_runs(lm, eitems, single, rows):
     for run, want, ei in zip(runs, single, eitems, strict=True):
         assert run.generated == want["ids"]
         assert run.scored_ids == want["ids"]
-        assert run.mass.shape == want[rows].shape == (
-            lm.info.n_layers,
-            lm.info.n_heads,
-            len(want["ids"]),
-            len(ei.spans),
+        assert (
+            run.mass.shape
+            == want[rows].shape
+            == (
+                lm.info.n_layers,
+                lm.info.n_heads,
+                len(want["ids"]),
+                len(ei.spans),
+            )
         )
         diff = (run.mass - want[rows]).abs().max().item()
         assert diff <= 1e-5, diff

@@ -31,8 +31,6 @@ def test_stale_and_progress_lines():
     assert contributions.is_stale(result, "a b c", [])
     assert contributions.is_stale(result, "a b", ["chat"])
     assert not contributions.is_stale(None, "x", [])
-    line = contributions.elapsed_line(0.0, 0, 30, "patched layer")
-    assert line.startswith("patched layer 0/30") and "left" not in line
 
 
 def test_patch_summary_says_when_there_is_nothing_to_restore():
