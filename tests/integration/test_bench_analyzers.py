@@ -32,12 +32,14 @@ def test_every_family_timed_both_ways_with_equal_scores(lm, rows):
     for row in rows:
         print(format_analyzer_row(row))
         assert 1 <= row.n_prompts <= 2
-        assert row.workbench_s > 0 and row.reference_s > 0
+        assert row.workbench_s > 0 and row.reference_s > 0 and row.forwards_s > 0
+        assert "forwards alone" in format_analyzer_row(row)
         assert row.workbench_peak_mb > 0 and row.reference_peak_mb > 0
         assert row.max_abs_diff <= 1e-4, row
         assert row.nonzero_heads >= 5, row  # a comparison of all-zero scores proves nothing
     data = json.loads(json.dumps(analyzer_rows_as_json(lm, rows)))
     assert [r["family"] for r in data["analyzers"]] == list(FAMILIES)
+    assert "elsewhere in 0/2 items" in rows[-1].note  # the quick items' spans agree
 
 
 def test_induction_reference_rule_on_a_hand_made_map():
