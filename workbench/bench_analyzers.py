@@ -255,6 +255,8 @@ def _contextual_ours(lm: LoadedModel, items: list[Any]) -> np.ndarray:
 
 
 def _contextual_reference(lm: LoadedModel, items: list[Any]) -> tuple[np.ndarray, str]:
+    from workbench.analyzers.mdqa import encode_item
+
     examples = [
         peer_rules.contextual_example(
             lm.model,
@@ -265,8 +267,6 @@ def _contextual_reference(lm: LoadedModel, items: list[Any]) -> tuple[np.ndarray
         )
         for it in items
     ]
-    from workbench.analyzers.mdqa import encode_item
-
     lost = sum(-1 in (*e["needle_range"], *e["response_range"]) for e in examples)
     note = f"{lost} spans not located by the reference; " if lost else ""
     elsewhere = 0  # its span search (first best token-set overlap) can land elsewhere

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workbench.analyzers.contextual_runs import with_answer
+from workbench.analyzers.contextual_runs import cut_at_special, with_answer
 from workbench.analyzers.mdqa import ANSWER_ROWS, EncodedItem
 from workbench.batching import (
     auto_batch_size,
@@ -61,14 +61,6 @@ def resolve_batch_size(
         longest = max(ei.enc.n_tokens for ei in eitems) + max_new_tokens
         return min(MAX_BATCH, auto_batch_size(lm, longest))
     return int(size)
-
-
-def cut_at_special(row: torch.Tensor, special: set[int]) -> list[int]:
-    """A decoded row's ids up to (without) its first special token: the end of the assistant
-    turn, or the padding of a batch row that stopped early."""
-    ids = row.tolist()
-    cut = next((i for i, t in enumerate(ids) if t in special), len(ids))
-    return [int(t) for t in ids[:cut]]
 
 
 def greedy_answers(
@@ -158,7 +150,6 @@ __all__ = [
     "SPAN_BATCH",
     "ItemRun",
     "answer_span_masses",
-    "cut_at_special",
     "greedy_answers",
     "item_runs",
     "resolve_batch_size",

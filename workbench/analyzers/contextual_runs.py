@@ -35,13 +35,15 @@ def greedy_ids(lm: LoadedModel, enc: Encoded, max_new_tokens: int = 24) -> list[
     :meth:`LoadedModel.generate`), cut at the first special token (the end of the assistant
     turn)."""
     (new,) = greedy_generate(lm, [enc], max_new_tokens=max_new_tokens)
-    special = set(lm.tokenizer.all_special_ids)
-    ids: list[int] = []
-    for t in new.tolist():
-        if t in special:
-            break
-        ids.append(int(t))
-    return ids
+    return cut_at_special(new, set(lm.tokenizer.all_special_ids))
+
+
+def cut_at_special(row: torch.Tensor, special: set[int]) -> list[int]:
+    """A decoded row's ids up to (without) its first special token: the end of the assistant
+    turn, or the padding of a batch row that stopped early."""
+    ids = row.tolist()
+    cut = next((i for i, t in enumerate(ids) if t in special), len(ids))
+    return [int(t) for t in ids[:cut]]
 
 
 def answer_span_mass(
@@ -101,9 +103,8 @@ def qa_hits(
             lm, [ei.enc for ei in chunk], max_new_tokens=max_new_tokens, stop=stop
         )
         for ei, row in zip(chunk, rows, strict=True):
-            ids = row.tolist()
-            cut = next((i for i, t in enumerate(ids) if t in special), len(ids))
-            out.append(float(is_correct(lm.tokenizer.decode(ids[:cut]), ei.item)))
+            answer = lm.tokenizer.decode(cut_at_special(row, special))
+            out.append(float(is_correct(answer, ei.item)))
     return out
 
 
@@ -206,6 +207,7 @@ __all__ = [
     "answer_logprob",
     "answer_logprobs",
     "answer_span_mass",
+    "cut_at_special",
     "greedy_ids",
     "item_scores",
     "qa_accuracy",
