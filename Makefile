@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[all,dev]"
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDED)
+	$(PY) -m kernels.fused_cpu_build
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,6 +14,9 @@ Modules, one job each:
   ``blockwise_buffers`` sizes its blocks, bands and result buffers, ``blockwise_sweep`` is the
   sweep itself.
 - ``flash_cpu``: output + LSE from PyTorch's fused CPU flash op when no statistic is asked.
+- ``fused_cpu`` (+ ``fused_cpu.c``): output, LSE and statistics from one C/OpenMP kernel on
+  cache-sized tiles, for float32 CPU statistics calls; ``fused_cpu_build`` compiles it once
+  per machine (``make install``, or the first call) into the workbench cache.
 - ``reference``: float64 eager ground truth (quadratic memory; tests only).
 - ``triton_kernels`` / ``triton_backend`` / ``triton_support``: the Triton path (GPU, or CPU
   under ``TRITON_INTERPRET=1``), its launcher, and whether it can run here.

@@ -10,7 +10,9 @@ sliding window ``w`` it also starts at the first key its window reaches (a band 
 ``bq + w - 1`` keys, so the cost and memory are O(Lq x w)).
 
 Without row statistics on the CPU, the output comes from PyTorch's fused flash op instead
-(:mod:`kernels.flash_cpu`), and a maps-only request sweeps just the window's rows.
+(:mod:`kernels.flash_cpu`), and a maps-only request sweeps just the window's rows. With row
+statistics on a float32 CPU problem the fused C kernel (:mod:`kernels.fused_cpu`) replaces the
+sweep (same results, cache-sized tiles, one pass per row instead of one op per statistic).
 
 Per block (all heads at once): ``s = q k^T * scale``, softcapped ``c * tanh(s / c)`` if asked,
 ``(+ bias)``; hidden cells get the dtype's most negative finite value (so that ``0 * s`` stays
@@ -35,6 +37,7 @@ from kernels.blockwise_buffers import (
 )
 from kernels.blockwise_sweep import BlockSweep
 from kernels.flash_cpu import flash_applicable, flash_forward
+from kernels.fused_cpu import fused_applicable, fused_sweep
 from kernels.problem import Problem
 from kernels.requests import AttentionResult
 
@@ -54,7 +57,10 @@ def blockwise_attention(p: Problem, block_size: int | None = None) -> AttentionR
         w0, w1 = st.maps.query_window or (0, p.Lq)
         o = BlockSweep(p, bq, want_output=False, row_stats=False).run(w0, w1)
     else:
-        o = BlockSweep(p, bq, want_output=True, row_stats=st.row_stats).run(0, p.Lq)
+        if fused_applicable(p):
+            o = fused_sweep(p, block_size)
+        else:
+            o = BlockSweep(p, bq, want_output=True, row_stats=st.row_stats).run(0, p.Lq)
         assert o.out is not None and o.lse is not None
         out, lse = o.out, o.lse
     res = AttentionResult(

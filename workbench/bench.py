@@ -239,11 +239,15 @@ def run_bench(
 
 def rows_as_json(lm: LoadedModel, rows: list[BenchRow]) -> dict[str, Any]:
     """The ``bench --json`` object: model, device, torch threads, the OpenMP wait policy
-    (:mod:`workbench.openmp`) and one dict per row."""
+    (:mod:`workbench.openmp`), whether the fused CPU kernel serves the statistics
+    (:mod:`kernels.fused_cpu`) and one dict per row."""
+    from kernels.fused_cpu import status
+
     return {
         "model": lm.info.name,
         "device": str(lm.device),
         "torch_threads": torch.get_num_threads(),
         "openmp_wait": wait_policy(),
+        "fused_cpu_kernel": status(),
         "results": [asdict(r) for r in rows],
     }

@@ -1,4 +1,8 @@
-"""The PyTorch blockwise path against the float64 eager reference (kernels/)."""
+"""The PyTorch blockwise path against the float64 eager reference (kernels/).
+
+Every test runs twice: through the fused C kernel (:mod:`kernels.fused_cpu`, which serves
+float32 CPU statistics calls) and through the blockwise PyTorch sweep it replaces.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import AttentionResult, MapRequest, StatsRequest, attention
+from kernels import AttentionResult, MapRequest, StatsRequest, attention, fused_cpu
 from kernels.testing import compare_to_reference, reference_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +28,17 @@ FULL = StatsRequest(
     distance=True,
     pooled_block=5,
 )
+
+
+@pytest.fixture(autouse=True, params=["fused", "sweep"])
+def cpu_path(request):
+    """Which CPU statistics path the test exercises."""
+    if request.param == "sweep":
+        with fused_cpu.disabled():
+            yield request.param
+    else:
+        assert fused_cpu.status() == "on", fused_cpu.status()
+        yield request.param
 
 
 def qkv(b=1, h=6, hkv=2, lq=37, lk=None, d=16, dtype=torch.float32, seed=0):

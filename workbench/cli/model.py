@@ -152,11 +152,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if log:
         import torch
 
+        from kernels.fused_cpu import status
         from workbench.openmp import wait_policy
 
         print(
             f"{lm.info.name} on {lm.device}, {lm.info.dtype}, batch 1, repeat {args.repeat}, "
-            f"{torch.get_num_threads()} threads, {wait_policy()}"
+            f"{torch.get_num_threads()} threads, {wait_policy()}, fused CPU kernel {status()}"
         )
     rows = run_bench(lm, seqs, repeat=args.repeat, eager=not args.no_eager, log=log, load=args.load)
     if args.json:
