@@ -45,6 +45,9 @@ typedef struct {
     float *count;       /* (Bm, Hm, Lk) rows that see each key, or NULL */
     float *pooled;      /* (B, H, ceil(Lq/pb), ceil(Lk/pb)) tile sums, or NULL */
     int64_t pool_block; /* pb */
+    float *maps;              /* (B, n_maps, w1 - w0, Lk) zeroed, or NULL */
+    const int64_t *map_heads; /* (n_maps,) query heads, duplicates allowed */
+    int64_t n_maps, map_w0, map_w1;
     int64_t tile_rows, threads;
     float *scratch;             /* threads x scratch_per_thread, see wb_fused_attention */
     int64_t scratch_per_thread;
@@ -210,6 +213,14 @@ static void finish_row(const wb_problem *p, float *s, int64_t width, int64_t k0,
         float mass = 0.0f;
         for (int64_t j = a0; j < a1; j++) mass += s[j];
         p->span_mass[row * p->n_spans + c] = mass;
+    }
+    if (p->maps && i >= p->map_w0 && i < p->map_w1) {
+        const int64_t wl = p->map_w1 - p->map_w0;
+        for (int64_t slot = 0; slot < p->n_maps; slot++) {
+            if (p->map_heads[slot] != h) continue;
+            float *mr = p->maps + ((b * p->n_maps + slot) * wl + i - p->map_w0) * Lk + k0;
+            memcpy(mr + lo, sv, (size_t)n * sizeof(float));
+        }
     }
     if (rec) {
         float *rr = rec + (b * p->H + h) * Lk + k0 + lo;

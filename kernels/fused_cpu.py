@@ -10,9 +10,10 @@ SGEMM with the values. The SGEMM is torch's own MKL (``libtorch_cpu``) and the t
 torch's own OpenMP pool, ``torch.get_num_threads()`` of them.
 
 It serves :func:`kernels.blockwise.blockwise_attention` whenever row statistics are asked on a
-float32 CPU problem without maps (those keep the blockwise sweep, as does every problem when
-the library could not be built: :func:`status` says why); softcaps, windows, masks, score
-biases, head scales and learned sinks are all handled in the kernel. Results equal
+float32 CPU problem (maps of chosen heads alongside included); float64 problems keep the
+blockwise sweep, as does every problem when the library could not be built (:func:`status`
+says why). Softcaps, windows, masks, score biases, head scales and learned sinks are all
+handled in the kernel. Results equal
 the sweep's to float32 rounding (``tests/unit/test_fused_cpu.py`` checks both against the
 float64 reference); the argmax is the first key at the maximum score.
 """
@@ -58,7 +59,9 @@ class _Problem(ctypes.Structure):
         *[(n, _P) for n in ("argmax", "span_mass", "spans")],
         ("n_spans", _I),
         *[(n, _P) for n in ("received", "count", "pooled")],
-        *[(n, _I) for n in ("pool_block", "tile_rows", "threads")],
+        ("pool_block", _I),
+        *[(n, _P) for n in ("maps", "map_heads")],
+        *[(n, _I) for n in ("n_maps", "map_w0", "map_w1", "tile_rows", "threads")],
         ("scratch", _P),
         ("scratch_per_thread", _I),
         *[(n, _P) for n in ("rec_all", "cnt_all")],
@@ -123,7 +126,6 @@ def fused_applicable(p: Problem) -> bool:
         _enabled
         and p.q.device.type == "cpu"
         and p.q.dtype == torch.float32
-        and st.maps is None
         and st.row_stats
         and _library()[0] is not None
     )
@@ -181,6 +183,12 @@ def fused_sweep(p: Problem, rows: int | None = None) -> BlockOutputs:
         setattr(c, name, _ptr(getattr(o, name)))
     c.received, c.count, c.pooled = _ptr(o.received), _ptr(o.count), _ptr(o.pooled)
     c.pool_block = st.pooled_block or 1
+    map_heads = None
+    if st.maps is not None:
+        assert o.maps is not None
+        map_heads = torch.tensor(st.maps.heads, dtype=torch.int64)
+        c.maps, c.map_heads, c.n_maps = o.maps.data_ptr(), map_heads.data_ptr(), len(map_heads)
+        c.map_w0, c.map_w1 = st.maps.query_window or (0, p.Lq)
     c.tile_rows = tr = min(rows or tile_rows(p), p.Lq)
     c.threads = nt = max(1, torch.get_num_threads())
     # every buffer from torch's allocator here, none from malloc in the worker threads
@@ -196,5 +204,17 @@ def fused_sweep(p: Problem, rows: int | None = None) -> BlockOutputs:
             setattr(c, name, sums[i].data_ptr())
     c.sgemm = sgemm
     lib.wb_fused_attention(ctypes.byref(c))
-    del q, k, v, bias, mask, head_scale, sinks, spans, scratch, sums  # alive through the call
+    del (
+        q,
+        k,
+        v,
+        bias,
+        mask,
+        head_scale,
+        sinks,
+        spans,
+        map_heads,
+        scratch,
+        sums,
+    )  # alive through the call
     return o
