@@ -43,7 +43,11 @@ COMPILE_TIMEOUT_S = 120
 
 
 def cache_root() -> Path:
-    """Root of the workbench cache: ``$WORKBENCH_CACHE`` or the user cache dir."""
+    """Root of the workbench cache: ``$WORKBENCH_CACHE`` or the user cache dir. The same rule
+    as :func:`workbench.model_files.cache_dir`, written twice on purpose: ``kernels`` never
+    imports ``workbench``, and importing any ``kernels`` module imports torch, which the
+    command line must not do before it needs to (``tests/unit/test_fused_cpu.py`` checks that
+    the two agree)."""
     env = os.environ.get("WORKBENCH_CACHE")
     return Path(env) if env else Path(user_cache_dir("workbench"))
 

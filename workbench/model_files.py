@@ -26,7 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernels.fused_cpu_build import cache_root
+from platformdirs import user_cache_dir
+
 from probes import checks
 from workbench.architectures import config_value, head_counts, spec_for
 from workbench.errors import ModelFilesError, ModelNotFoundError, UnsupportedArchitectureError
@@ -69,9 +70,9 @@ class ModelInfo:
 
 
 def cache_dir() -> Path:
-    """Root of the workbench cache: ``$WORKBENCH_CACHE`` or the user cache dir (the fused
-    CPU kernel's library lives there too, which is why the rule sits in ``kernels``)."""
-    return cache_root()
+    """Root of the workbench cache: ``$WORKBENCH_CACHE`` or the user cache dir."""
+    env = os.environ.get("WORKBENCH_CACHE")
+    return Path(env) if env else Path(user_cache_dir("workbench"))
 
 
 def embedded_gguf_path() -> Path:

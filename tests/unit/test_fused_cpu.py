@@ -141,3 +141,12 @@ def test_the_library_is_named_by_its_source_and_rebuilt_after_an_edit(tmp_path, 
     monkeypatch.setattr(fb, "SOURCE", edited)
     cc = fb.compiler()
     assert cc is not None and library_path(cc) != path
+
+
+def test_the_kernel_cache_is_the_workbench_cache(tmp_path, monkeypatch):
+    from kernels.fused_cpu_build import cache_root
+    from workbench.model_files import cache_dir
+
+    assert cache_root() == cache_dir()
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    assert cache_root() == cache_dir() == tmp_path
