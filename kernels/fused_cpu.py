@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.blockwise_buffers import BlockOutputs, allocate_outputs
+from kernels.blockwise_buffers import BlockOutputs, allocate_outputs, max_band_width
 from kernels.problem import Problem
 
 #: Score-tile budget per thread (G x tile_rows x band x 4 bytes). Measured at H=9, Hkv=3,
@@ -134,7 +134,7 @@ def fused_applicable(p: Problem) -> bool:
 def tile_rows(p: Problem) -> int:
     """Query positions per tile: the largest power of two with G x rows x band x 4 bytes
     within :data:`TILE_BYTES`, clamped to [MIN_TILE_ROWS, MAX_TILE_ROWS] and to Lq."""
-    band = p.Lk if p.window is None or not p.causal else min(p.Lk, MAX_TILE_ROWS + p.window - 1)
+    band = max_band_width(p, MAX_TILE_ROWS)
     rows = TILE_BYTES // (4 * p.group * max(band, 1))
     rows = 1 << max(0, rows.bit_length() - 1)  # a power of two
     return max(1, min(max(MIN_TILE_ROWS, min(MAX_TILE_ROWS, rows)), p.Lq))
@@ -192,9 +192,8 @@ def fused_sweep(p: Problem, rows: int | None = None) -> BlockOutputs:
     c.tile_rows = tr = min(rows or tile_rows(p), p.Lq)
     c.threads = nt = max(1, torch.get_num_threads())
     # every buffer from torch's allocator here, none from malloc in the worker threads
-    band = p.Lk if p.window is None or not p.causal else min(p.Lk, tr + p.window - 1)
-    n_tiles = -(-p.Lk // c.pool_block) if o.pooled is not None else 0
-    c.scratch_per_thread = per = p.group * tr * (2 * p.D + band) + n_tiles
+    n_tiles = o.pooled.shape[3] if o.pooled is not None else 0
+    c.scratch_per_thread = per = p.group * tr * (2 * p.D + max_band_width(p, tr)) + n_tiles
     scratch = torch.empty(nt * per, dtype=torch.float32)
     c.scratch = scratch.data_ptr()
     sums = [None, None]
